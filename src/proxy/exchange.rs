@@ -1,0 +1,606 @@
+//! The LLM exchange, run inside `request_filter`: body → route → attempts → commit → stream.
+//!
+//! Why not Pingora's normal phases: a body read in `request_filter` cannot be forwarded past
+//! 64 KiB (cloudflare/pingora#575, #780), and Pingora cannot retry on an upstream status
+//! (cloudflare/pingora#873). So the exchange sends the request itself through Pingora's
+//! pooled `Connector` and writes the response with `write_response_header/body`. The steps
+//! mirror the phases they stand in for (pick ≈ `upstream_peer`, build ≈
+//! `upstream_request_filter`, commit ≈ `response_filter`, stream ≈ `response_body_filter`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::client::HttpSession;
+use tokio::time::timeout_at;
+
+use crate::accounting::{self, StreamTally, Usage, UsageSource, tokenizer};
+use crate::api::openai::{ChatRequest, Operation};
+use crate::api::sse::{self, SseFramer};
+use crate::api::stream::{self as chunks, ChunkKind};
+use crate::api::toplevel::TopLevel;
+use crate::config::{Model, Timeouts};
+use crate::error::{GatewayError, LedgerStatus};
+use crate::metrics::Metrics;
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::respond;
+use crate::routing::{Candidate, HeaderLookup};
+use crate::state::LiveState;
+use crate::upstream::ResolvedEndpoint;
+
+/// Non-stream responses are buffered (for usage and the `model` rewrite) up to this size.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Upstream error bodies are read only this far, to classify them; they never reach clients.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Upper bound on upstream attempts per request, whatever the config lists (no retry storms).
+const MAX_ATTEMPTS: usize = 8;
+/// How long to wait for the upstream's end of body after `[DONE]` before giving up on
+/// returning the connection to the pool.
+const DONE_LINGER: Duration = Duration::from_millis(50);
+
+/// Why an exchange stopped early.
+enum Stop {
+    /// A gateway error: rendered as the envelope, or as the SSE error event once streaming.
+    Error(GatewayError),
+    /// The client went away; the upstream connection is closed, not pooled.
+    ClientGone,
+}
+
+impl From<GatewayError> for Stop {
+    fn from(e: GatewayError) -> Self {
+        Stop::Error(e)
+    }
+}
+
+/// Runs one exchange and writes whatever the client gets.
+pub async fn serve(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: Arc<LiveState>,
+    op: Operation,
+) -> Result<()> {
+    ctx.exchange = true;
+    let result = run(connector, session, ctx, &state, op).await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(Stop::Error(err)) if !ctx.bytes_sent => respond::send_error(session, ctx, err).await,
+        Err(Stop::Error(err)) => {
+            ctx.set_error(err);
+            Ok(())
+        }
+        Err(Stop::ClientGone) => {
+            ctx.status = LedgerStatus::ClientCancelled;
+            ctx.error_code = None;
+            // 499: the nginx convention for "client closed request", for the log only.
+            ctx.http_status = 499;
+            session.set_keepalive(None);
+            Ok(())
+        }
+    }
+}
+
+async fn run(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &LiveState,
+    op: Operation,
+) -> Result<(), Stop> {
+    let config = &state.config;
+    let body = read_body(session, config.server.limits.max_body, config.server.limits.body_timeout).await?;
+    let req = ChatRequest::parse(op, &body)?;
+    ctx.model_requested = Some(req.model.clone());
+    ctx.stream = req.stream;
+    let plan = state
+        .router
+        .plan(config, &req.model, &SessionHeaders(session))?;
+    ctx.model = Some(plan.model.name.clone());
+    let _in_flight = InFlight::start(&plan.model.name);
+
+    let timeouts = &config.server.timeouts;
+    let deadline = ctx.started + timeouts.total;
+    let mut last_err = GatewayError::BackendUnavailable { retry_after: None };
+    for candidate in plan.candidates.iter().take(MAX_ATTEMPTS) {
+        let Some(upstream) = state.upstreams.provider(&candidate.target.provider) else {
+            continue;
+        };
+        let upstream_body = Bytes::from(req.upstream_body(&candidate.target.model)?);
+        for ep in upstream.endpoints_in_turn() {
+            if ctx.attempts as usize >= MAX_ATTEMPTS {
+                break;
+            }
+            ctx.attempts += 1;
+            ctx.model = Some(candidate.model.name.clone());
+            ctx.provider = Some(ep.provider.clone());
+            ctx.endpoint = Some(ep.url.clone());
+            let header = upstream_header(ctx, op, &req, ep, upstream.api_key.as_ref().map(|k| k.expose()), upstream_body.len())?;
+            let outcome = tokio::select! {
+                biased;
+                r = attempt(connector, ep, timeouts, deadline, header, upstream_body.clone()) => r,
+                _ = client_gone(session) => return Err(Stop::ClientGone),
+            };
+            match outcome {
+                Ok((up, peer)) => {
+                    count_attempt(&ep.provider, "ok");
+                    return commit(connector, session, ctx, &req, candidate, up, peer, deadline).await;
+                }
+                Err(failure) => {
+                    count_attempt(&ep.provider, failure.outcome_label());
+                    tracing::debug!(request_id = %ctx.request_id, provider = %ep.provider, outcome = failure.outcome_label(), "upstream attempt failed");
+                    let retry = failure.retryable(candidate.model);
+                    last_err = failure.into_error();
+                    if !retry {
+                        return Err(Stop::Error(last_err));
+                    }
+                }
+            }
+        }
+    }
+    Err(Stop::Error(last_err))
+}
+
+/// Reads the request body under `max_body` and `body_timeout` (contract §2). A declared
+/// `Content-Length` over the limit is refused before a byte of the body is read.
+async fn read_body(session: &mut Session, max: usize, within: Duration) -> Result<Bytes, Stop> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(GatewayError::RequestTooLarge.into());
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = BytesMut::with_capacity(declared.map_or(4096, |n| n as usize));
+    loop {
+        match timeout_at(deadline, session.read_request_body()).await {
+            Err(_) => return Err(GatewayError::RequestTimeout.into()),
+            Ok(Err(e)) if e.esource() == &ErrorSource::Downstream && is_closed(&e) => {
+                return Err(Stop::ClientGone);
+            }
+            Ok(Err(_)) => return Err(GatewayError::BadRequest.into()),
+            Ok(Ok(None)) => return Ok(buf.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if buf.len() + chunk.len() > max {
+                    return Err(GatewayError::RequestTooLarge.into());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+fn is_closed(e: &pingora::Error) -> bool {
+    matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError)
+}
+
+/// Resolves when the client has gone (FIN or RST) while we wait on the upstream. A FIN
+/// counts as gone (contract §5.2), which is Pingora's `abort_on_close` default.
+async fn client_gone(session: &mut Session) {
+    loop {
+        if session.read_body_or_idle(true).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The upstream request header, built fresh: nothing from the client's headers is copied,
+/// so client credentials and hop-by-hop headers never reach an upstream (reliability E5).
+fn upstream_header(
+    ctx: &RequestCtx,
+    op: Operation,
+    req: &ChatRequest,
+    ep: &ResolvedEndpoint,
+    api_key: Option<&str>,
+    len: usize,
+) -> Result<RequestHeader, GatewayError> {
+    let build = || -> Result<RequestHeader> {
+        let path = format!("{}{}", ep.base_path, op.upstream_path());
+        let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
+        h.insert_header("host", ep.authority.as_str())?;
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", len.to_string())?;
+        let accept = if req.stream { "text/event-stream" } else { "application/json" };
+        h.insert_header("accept", accept)?;
+        h.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(key) = api_key {
+            h.insert_header("authorization", format!("Bearer {key}"))?;
+        }
+        Ok(h)
+    };
+    // Every value above is a validated config value or a generated id; a failure here is a
+    // bug (or a credential with a control character), never the client's fault.
+    build().map_err(|_| GatewayError::Internal)
+}
+
+/// How one attempt failed, before anything reached the client.
+enum Failure {
+    Connect,
+    Timeout,
+    Status { code: u16, retry_after: Option<Duration>, context_length: bool },
+    Protocol,
+}
+
+impl Failure {
+    fn outcome_label(&self) -> &'static str {
+        match self {
+            Failure::Connect => "connect_error",
+            Failure::Timeout => "timeout",
+            Failure::Status { code: 429, .. } => "status_429",
+            Failure::Status { code, .. } if *code >= 500 => "status_5xx",
+            Failure::Status { .. } => "status_4xx",
+            Failure::Protocol => "bad_response",
+        }
+    }
+
+    /// Contract §5.1: retry on `retry_on` outcomes only; a client's 4xx never.
+    fn retryable(&self, model: &Model) -> bool {
+        match self {
+            Failure::Connect => model.retry_on.connect,
+            Failure::Timeout => model.retry_on.timeout,
+            Failure::Status { code, .. } => model.retry_on.statuses.contains(code),
+            Failure::Protocol => false,
+        }
+    }
+
+    fn into_error(self) -> GatewayError {
+        match self {
+            Failure::Connect => GatewayError::BackendUnavailable { retry_after: None },
+            Failure::Timeout => GatewayError::UpstreamTimeout,
+            Failure::Protocol => GatewayError::BadUpstreamResponse,
+            Failure::Status { code, retry_after, context_length } => match code {
+                _ if context_length => GatewayError::ContextLengthExceeded,
+                400 | 413 | 422 => GatewayError::UpstreamRejected,
+                408 | 504 => GatewayError::UpstreamTimeout,
+                429 => GatewayError::UpstreamRateLimited { retry_after },
+                503 => GatewayError::BackendUnavailable { retry_after },
+                _ => GatewayError::BadUpstreamResponse,
+            },
+        }
+    }
+}
+
+/// Connects (pooled), sends header and body, and reads the response header within
+/// `first_byte`. A 2xx hands back the live upstream session; anything else is a `Failure`.
+async fn attempt(
+    connector: &Connector,
+    ep: &ResolvedEndpoint,
+    timeouts: &Timeouts,
+    total_deadline: Instant,
+    header: RequestHeader,
+    body: Bytes,
+) -> Result<(HttpSession, pingora::upstreams::peer::HttpPeer), Failure> {
+    let peer = ep.peer(timeouts);
+    let deadline = tokio::time::Instant::from_std(total_deadline.min(Instant::now() + timeouts.first_byte));
+    let (mut up, reused) = match timeout_at(deadline, connector.get_http_session(&peer)).await {
+        Err(_) => return Err(Failure::Timeout),
+        Ok(Err(_)) => return Err(Failure::Connect),
+        Ok(Ok(s)) => s,
+    };
+    let exchange = async {
+        up.write_request_header(Box::new(header)).await?;
+        up.write_request_body(body, true).await?;
+        up.finish_request_body().await?;
+        up.read_response_header().await
+    };
+    match timeout_at(deadline, exchange).await {
+        Err(_) => return Err(Failure::Timeout),
+        // A pooled connection the upstream closed while idle fails before any response:
+        // the request never ran, so it is a connect failure and safe to retry.
+        Ok(Err(e)) if reused && e.etype() != &ErrorType::ReadTimedout => return Err(Failure::Connect),
+        Ok(Err(e)) if e.etype() == &ErrorType::ReadTimedout => return Err(Failure::Timeout),
+        Ok(Err(_)) => return Err(Failure::Protocol),
+        Ok(Ok(())) => {}
+    }
+    let Some(resp) = up.response_header() else {
+        return Err(Failure::Protocol);
+    };
+    let code = resp.status.as_u16();
+    if resp.status.is_success() {
+        return Ok((up, peer));
+    }
+    let retry_after = resp
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let context_length = code == 400 && {
+        let body = read_bounded(&mut up, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+        mentions_context_length(&body)
+    };
+    Err(Failure::Status { code, retry_after, context_length })
+}
+
+/// Upstreams word this differently (OpenAI's code, vLLM's and llama.cpp's messages).
+fn mentions_context_length(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("context_length_exceeded")
+        || text.contains("context length")
+        || text.contains("exceeds the available context size")
+        || text.contains("maximum context")
+}
+
+/// Reads a whole upstream body up to `max` bytes before `deadline`.
+async fn read_bounded(up: &mut HttpSession, max: usize, deadline: tokio::time::Instant) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    loop {
+        match timeout_at(deadline, up.read_response_body()).await {
+            Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= max => buf.extend_from_slice(&chunk),
+            Ok(Ok(None)) => return Some(buf.freeze()),
+            _ => return None,
+        }
+    }
+}
+
+/// The response committed to the client: buffered JSON, or an SSE stream.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest,
+    candidate: &Candidate<'_>,
+    up: HttpSession,
+    peer: pingora::upstreams::peer::HttpPeer,
+    deadline: Instant,
+) -> Result<(), Stop> {
+    let is_sse = up
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if req.stream && is_sse {
+        stream(connector, session, ctx, req, candidate, up, peer, deadline).await
+    } else {
+        buffered(connector, session, ctx, req, candidate, up, peer, deadline).await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn buffered(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest,
+    candidate: &Candidate<'_>,
+    mut up: HttpSession,
+    peer: pingora::upstreams::peer::HttpPeer,
+    deadline: Instant,
+) -> Result<(), Stop> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let body = tokio::select! {
+        biased;
+        b = read_bounded(&mut up, MAX_RESPONSE_BYTES, deadline) => b,
+        _ = client_gone(session) => return Err(Stop::ClientGone),
+    };
+    let Some(body) = body else {
+        return Err(GatewayError::BadUpstreamResponse.into());
+    };
+    let mut top = TopLevel::parse(&body).map_err(|_| GatewayError::BadUpstreamResponse)?;
+    if top.get("model").is_some() {
+        let name = serde_json::value::to_raw_value(&req.model).map_err(|_| GatewayError::Internal)?;
+        top.set("model", name);
+    }
+    let (usage, source) = match top.get("usage").and_then(|u| serde_json::from_str(u.get()).ok()).and_then(|v| accounting::usage_from_value(&v)) {
+        Some(u) => (u, UsageSource::Upstream),
+        None => {
+            let whole: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            accounting::settle_response(&whole, prompt_estimate(req))
+        }
+    };
+    settle(ctx, candidate.model, usage, source);
+    connector.release_http_session(up, &peer, peer.options.idle_timeout).await;
+    let h = respond::header(200, "application/json", ctx).map_err(|_| GatewayError::Internal)?;
+    respond::send_body(session, ctx, h, Bytes::from(top.to_vec()))
+        .await
+        .map_err(|_| Stop::ClientGone)
+}
+
+/// How a stream ended.
+enum StreamEnd {
+    Done,
+    ClientGone,
+    Failed(GatewayError),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest,
+    candidate: &Candidate<'_>,
+    mut up: HttpSession,
+    peer: pingora::upstreams::peer::HttpPeer,
+    deadline: Instant,
+) -> Result<(), Stop> {
+    let mut h = respond::header(200, "text/event-stream", ctx).map_err(|_| GatewayError::Internal)?;
+    h.insert_header("cache-control", "no-cache").map_err(|_| GatewayError::Internal)?;
+    ctx.http_status = 200;
+    if session.write_response_header(Box::new(h), false).await.is_err() {
+        return Err(Stop::ClientGone);
+    }
+    ctx.bytes_sent = true;
+    let mut tally = StreamTally::default();
+    let end = pump(session, ctx, req, &mut up, &mut tally, deadline).await;
+    let estimate = if tally.has_upstream_usage() { 0 } else { prompt_estimate(req) };
+    let (usage, source) = tally.settle(estimate);
+    settle(ctx, candidate.model, usage, source);
+    match end {
+        StreamEnd::Done => {
+            let _ = session.write_response_body(None, true).await;
+            linger_and_release(connector, up, &peer).await;
+            Ok(())
+        }
+        StreamEnd::ClientGone => {
+            up.shutdown().await;
+            Err(Stop::ClientGone)
+        }
+        StreamEnd::Failed(err) => {
+            up.shutdown().await;
+            let _ = session.write_response_body(Some(respond::sse_error_event(&err)), true).await;
+            ctx.set_error(err);
+            Ok(())
+        }
+    }
+}
+
+/// Moves events from upstream to client as they arrive: each upstream read is framed, each
+/// event rewritten, and everything framed from that read is written at once.
+async fn pump(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest,
+    up: &mut HttpSession,
+    tally: &mut StreamTally,
+    deadline: Instant,
+) -> StreamEnd {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut framer = SseFramer::new(sse::MAX_EVENT_BYTES);
+    loop {
+        let read = tokio::select! {
+            biased;
+            r = timeout_at(deadline, up.read_response_body()) => r,
+            _ = client_gone(session) => return StreamEnd::ClientGone,
+        };
+        let chunk = match read {
+            Err(_) => return StreamEnd::Failed(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) if e.etype() == &ErrorType::ReadTimedout => {
+                return StreamEnd::Failed(GatewayError::UpstreamTimeout);
+            }
+            Ok(Err(_)) | Ok(Ok(None)) => return StreamEnd::Failed(GatewayError::UpstreamDisconnected),
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        if framer.push(&chunk).is_err() {
+            return StreamEnd::Failed(GatewayError::BadUpstreamResponse);
+        }
+        let mut out = BytesMut::new();
+        let mut done = false;
+        while let Some(ev) = framer.next_event() {
+            match forward_event(&ev, req, tally) {
+                Ok(Some(bytes)) => out.extend_from_slice(&bytes),
+                Ok(None) => {}
+                Err(err) => {
+                    // Deliver what was good before the bad event, then fail the stream.
+                    let _ = write_out(session, ctx, out).await;
+                    return StreamEnd::Failed(err);
+                }
+            }
+            if ev.data == "[DONE]" {
+                done = true;
+                break;
+            }
+        }
+        if write_out(session, ctx, out).await.is_err() {
+            return StreamEnd::ClientGone;
+        }
+        if done {
+            return StreamEnd::Done;
+        }
+    }
+}
+
+async fn write_out(session: &mut Session, ctx: &mut RequestCtx, out: BytesMut) -> Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    if ctx.ttft.is_none() {
+        ctx.ttft = Some(ctx.started.elapsed());
+    }
+    session.write_response_body(Some(out.freeze()), false).await
+}
+
+/// One upstream event → the bytes the client gets (or none), per contract §5.3: `model`
+/// rewritten to the requested name, the usage-only chunk dropped unless the client asked.
+fn forward_event(
+    ev: &sse::SseEvent,
+    req: &ChatRequest,
+    tally: &mut StreamTally,
+) -> Result<Option<Bytes>, GatewayError> {
+    match chunks::inspect_chunk(&ev.data) {
+        ChunkKind::Done => Ok(Some(Bytes::from_static(sse::DONE))),
+        ChunkKind::NotJson => Err(GatewayError::BadUpstreamResponse),
+        ChunkKind::Json(info) => {
+            if info.has_error {
+                // Upstream error text never reaches clients (contract §4).
+                return Err(GatewayError::BadUpstreamResponse);
+            }
+            tally.observe(&info);
+            if info.usage_only && !req.client_wants_usage {
+                return Ok(None);
+            }
+            let data = chunks::rewrite_model(&ev.data, &req.model).unwrap_or_else(|| ev.data.clone());
+            Ok(Some(sse::encode_event(&sse::SseEvent { event: ev.event.clone(), data })))
+        }
+    }
+}
+
+/// After `[DONE]` the upstream's chunked body usually ends within the same packet; wait a
+/// moment for it so the connection can go back to the pool, else close it.
+async fn linger_and_release(connector: &Connector, mut up: HttpSession, peer: &pingora::upstreams::peer::HttpPeer) {
+    let deadline = tokio::time::Instant::now() + DONE_LINGER;
+    while !up.response_done() {
+        match timeout_at(deadline, up.read_response_body()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => break,
+            _ => {
+                up.shutdown().await;
+                return;
+            }
+        }
+    }
+    connector.release_http_session(up, peer, peer.options.idle_timeout).await;
+}
+
+fn prompt_estimate(req: &ChatRequest) -> u64 {
+    tokenizer::estimate_prompt_tokens(&req.to_value())
+}
+
+fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource) {
+    ctx.usage = usage;
+    ctx.usage_source = source;
+    ctx.cost_usd = model.pricing.as_ref().map_or(0.0, |p| {
+        accounting::cost_usd(&usage, p.input_per_token, p.output_per_token, p.cached_input_per_token)
+    });
+}
+
+fn count_attempt(provider: &str, outcome: &str) {
+    if let Some(m) = Metrics::get() {
+        m.upstream_attempts.with_label_values(&[provider, outcome]).inc();
+    }
+}
+
+/// `switchyard_in_flight_requests{model}` up for as long as the exchange runs.
+struct InFlight(Option<prometheus::IntGauge>);
+
+impl InFlight {
+    fn start(model: &str) -> InFlight {
+        let gauge = Metrics::get().map(|m| m.in_flight.with_label_values(&[model]));
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
+/// Route rules read request headers through this, so routing does not know Pingora.
+struct SessionHeaders<'a>(&'a Session);
+
+impl HeaderLookup for SessionHeaders<'_> {
+    fn header(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        self.0.req_header().headers.get(name).map(|v| v.as_bytes())
+    }
+}

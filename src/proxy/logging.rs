@@ -1,0 +1,93 @@
+//! The `logging` phase: one structured access-log line per LLM request, carrying the ledger
+//! fields of contract §6, and the request metrics of contract §7.
+//!
+//! The persistent ledger arrives with the governance work; until then the row is this log
+//! line (target `switchyard::access`), written by the JSON tracing subscriber.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::LedgerStatus;
+use crate::metrics::{Metrics, OTHER};
+use crate::proxy::ctx::RequestCtx;
+
+/// User-supplied strings are cut to this many bytes in logs (reliability.md D4).
+const MAX_LOGGED: usize = 256;
+
+pub fn record(ctx: &mut RequestCtx, e: Option<&pingora::Error>) {
+    if !ctx.exchange {
+        return;
+    }
+    if e.is_some() && ctx.status == LedgerStatus::Ok && !ctx.bytes_sent {
+        ctx.status = LedgerStatus::InternalError;
+    }
+    let duration = ctx.started.elapsed();
+    record_metrics(ctx, duration.as_secs_f64());
+    tracing::info!(
+        target: "switchyard::access",
+        request_id = %ctx.request_id,
+        ts_start = unix_ms(ctx.ts_start),
+        ts_end = unix_ms(SystemTime::now()),
+        key = tracing::field::Empty,
+        model_requested = %clip(ctx.model_requested.as_deref().unwrap_or("")),
+        model = ctx.model.as_deref().unwrap_or(""),
+        provider = ctx.provider.as_deref().unwrap_or(""),
+        endpoint = ctx.endpoint.as_deref().unwrap_or(""),
+        stream = ctx.stream,
+        status = ctx.status.as_str(),
+        http_status = ctx.http_status,
+        error_code = ctx.error_code.unwrap_or(""),
+        attempts = ctx.attempts,
+        prompt_tokens = ctx.usage.prompt_tokens,
+        completion_tokens = ctx.usage.completion_tokens,
+        cached_tokens = ctx.usage.cached_tokens,
+        usage_source = ctx.usage_source.as_str(),
+        cost_usd = ctx.cost_usd,
+        ttft_ms = ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+        duration_ms = duration.as_secs_f64() * 1000.0,
+        "request"
+    );
+}
+
+fn record_metrics(ctx: &RequestCtx, duration: f64) {
+    let Some(m) = Metrics::get() else { return };
+    // Only configured names reach labels: `ctx.model` and `ctx.provider` are set from the
+    // config, never from the request (contract §5.8).
+    let model = ctx.model.as_deref().unwrap_or(OTHER);
+    let provider = ctx.provider.as_deref().unwrap_or(OTHER);
+    m.requests
+        .with_label_values(&[model, provider, ctx.status.as_str()])
+        .inc();
+    m.duration.with_label_values(&[model, provider]).observe(duration);
+    if let Some(ttft) = ctx.ttft {
+        m.ttft.with_label_values(&[model, provider]).observe(ttft.as_secs_f64());
+    }
+    for (kind, n) in [
+        ("prompt", ctx.usage.prompt_tokens),
+        ("completion", ctx.usage.completion_tokens),
+        ("cached", ctx.usage.cached_tokens),
+    ] {
+        if n > 0 {
+            m.tokens.with_label_values(&[model, provider, kind]).inc_by(n);
+        }
+    }
+    if ctx.cost_usd > 0.0 {
+        // No API keys yet: every request is the anonymous key.
+        m.cost.with_label_values(&[model, "anonymous"]).inc_by(ctx.cost_usd);
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The first `MAX_LOGGED` bytes, cut at a character boundary.
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_LOGGED {
+        return s;
+    }
+    let mut end = MAX_LOGGED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

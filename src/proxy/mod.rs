@@ -1,0 +1,129 @@
+//! `Gateway`: Switchyard's `ProxyHttp`. Thin per-phase dispatch; the work lives in the
+//! submodules named for what they own.
+//!
+//! - `early_request_filter`: request id, config snapshot.
+//! - `request_filter`: header limit, route table, then a local answer or the LLM exchange
+//!   (which always ends the request here: see `exchange` for why).
+//! - `logging`: access-log line and metrics (`logging` module).
+
+pub mod ctx;
+pub mod dispatch;
+pub mod exchange;
+pub mod logging;
+pub mod respond;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::prelude::*;
+
+use crate::api::models;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::state::SharedState;
+use ctx::RequestCtx;
+use dispatch::Handler;
+
+pub struct Gateway {
+    state: SharedState,
+    connector: Connector,
+}
+
+impl Gateway {
+    pub fn new(state: SharedState) -> Gateway {
+        Gateway {
+            state,
+            connector: Connector::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.request_id = ctx::request_id(session.get_header("x-request-id").map(|v| v.as_bytes()));
+        ctx.state = Some(self.state.load_full());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(state) = ctx.state.clone() else {
+            respond::send_error(session, ctx, GatewayError::Internal).await?;
+            return Ok(true);
+        };
+        if header_bytes(session) > state.config.server.limits.max_header {
+            respond::send_error(session, ctx, GatewayError::HeaderTooLarge).await?;
+            return Ok(true);
+        }
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let handler = match dispatch::dispatch(&method, &path) {
+            Ok(h) => h,
+            Err(e) => {
+                // The body (if any) was not read: close rather than parse it as a request.
+                session.set_keepalive(None);
+                respond::send_error(session, ctx, e).await?;
+                return Ok(true);
+            }
+        };
+        match handler {
+            Handler::Exchange(op) => exchange::serve(&self.connector, session, ctx, state, op).await?,
+            Handler::ListModels => {
+                let body = models::list(&state.config, state.built_at);
+                send_json(session, ctx, body).await?;
+            }
+            Handler::GetModel(id) => match models::get(&state.config, &id, state.built_at) {
+                Some(body) => send_json(session, ctx, body).await?,
+                None => respond::send_error(session, ctx, GatewayError::ModelNotFound).await?,
+            },
+            Handler::Health => {
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "models_count": state.config.models.len(),
+                    "running_models": state.running_models(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                });
+                send_json(session, ctx, serde_json::to_vec(&body).unwrap_or_default()).await?;
+            }
+            Handler::Metrics => {
+                let h = respond::header(200, "text/plain; version=0.0.4", ctx)?;
+                respond::send_body(session, ctx, h, Bytes::from(Metrics::encode())).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Every route is answered in request_filter; there are no passthrough routes yet.
+        Error::e_explain(ErrorType::InternalError, "no passthrough route")
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        logging::record(ctx, e);
+    }
+}
+
+async fn send_json(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>) -> Result<()> {
+    let h = respond::header(200, "application/json", ctx)?;
+    respond::send_body(session, ctx, h, Bytes::from(body)).await
+}
+
+/// Size of the request line and header block, as the client sent them (contract §2
+/// `server.limits.max_header`).
+fn header_bytes(session: &Session) -> usize {
+    let req = session.req_header();
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}

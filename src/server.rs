@@ -1,0 +1,53 @@
+//! Builds the Pingora `Server` from a config and runs it.
+//!
+//! Start-up only: derives `ServerConf`, registers the proxy service on every `listen`
+//! address, and hands control to Pingora (signals, graceful upgrade, worker threads).
+
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::state::{self, LiveState};
+
+/// How `serve` was asked to run.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Runs the gateway until Pingora shuts it down; does not return on success.
+pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
+    Metrics::init()?;
+    let listen = config.server.listen.clone();
+    let conf = ServerConf {
+        // Two worker threads per core is Pingora's sweet spot for I/O-bound proxying.
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(10),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let shared = state::shared(LiveState::build(config));
+    let mut proxy = http_proxy_service(&server.configuration, Gateway::new(shared));
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    tracing::info!(listen = ?listen, "switchyard serving");
+    server.run_forever()
+}
