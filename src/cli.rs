@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "An OpenAI-compatible LLM gateway on Pingora")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible LLM gateway on Pingora"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -87,10 +87,14 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            InvalidJson | InvalidType(_) | MissingParameter(_) | InvalidValue(_)
-            | InvalidModelName | BadRequest | ContextLengthExceeded | UpstreamRejected => {
-                StatusCode::BAD_REQUEST
-            }
+            InvalidJson
+            | InvalidType(_)
+            | MissingParameter(_)
+            | InvalidValue(_)
+            | InvalidModelName
+            | BadRequest
+            | ContextLengthExceeded
+            | UpstreamRejected => StatusCode::BAD_REQUEST,
             ModelNotFound | UnknownUrl => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -165,10 +169,12 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             UpstreamTimeout => LedgerStatus::UpstreamTimeout,
-            BadUpstreamResponse | BackendUnavailable { .. } | UpstreamRateLimited { .. }
-            | UpstreamDisconnected | ContextLengthExceeded | UpstreamRejected => {
-                LedgerStatus::UpstreamError
-            }
+            BadUpstreamResponse
+            | BackendUnavailable { .. }
+            | UpstreamRateLimited { .. }
+            | UpstreamDisconnected
+            | ContextLengthExceeded
+            | UpstreamRejected => LedgerStatus::UpstreamError,
             Internal | ServerShutdown => LedgerStatus::InternalError,
             _ => LedgerStatus::RejectedInvalid,
         }
@@ -199,7 +205,12 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "invalid_type");
         assert_eq!(v["error"]["param"], "max_tokens");
-        assert!(v["error"]["message"].as_str().unwrap().contains("max_tokens"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_tokens")
+        );
     }
 
     #[test]
@@ -212,15 +223,23 @@ mod tests {
         ] {
             assert!(e.status().is_server_error());
             assert_eq!(e.error_type(), "server_error");
-            assert_eq!(serde_json::from_slice::<serde_json::Value>(&e.envelope()).unwrap()["error"]["param"], serde_json::Value::Null);
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&e.envelope()).unwrap()["error"]["param"],
+                serde_json::Value::Null
+            );
         }
     }
 
     #[test]
     fn unavailable_always_carries_retry_after() {
-        let e = GatewayError::UpstreamRateLimited { retry_after: Some(Duration::from_secs(7)) };
+        let e = GatewayError::UpstreamRateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+        };
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
-        assert_eq!(GatewayError::BackendUnavailable { retry_after: None }.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            GatewayError::BackendUnavailable { retry_after: None }.retry_after(),
+            Some(Duration::from_secs(1))
+        );
         assert_eq!(GatewayError::InvalidJson.retry_after(), None);
     }
 }

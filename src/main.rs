@@ -12,7 +12,11 @@ use switchyard::server::{self, ServeOptions};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, upgrade, daemon } => serve(config.as_deref(), ServeOptions { upgrade, daemon }),
+        Command::Serve {
+            config,
+            upgrade,
+            daemon,
+        } => serve(config.as_deref(), ServeOptions { upgrade, daemon }),
         Command::Check { config } => check(&config),
         Command::HashKey => hash_key(),
     }
@@ -48,7 +52,9 @@ fn serve(path: Option<&Path>, opts: ServeOptions) -> ExitCode {
         }
     };
     if source == "<embedded>" {
-        tracing::warn!("no config file found ({DEFAULT_CONFIG}); serving the embedded default config");
+        tracing::warn!(
+            "no config file found ({DEFAULT_CONFIG}); serving the embedded default config"
+        );
     } else {
         tracing::info!(config = %source, "config loaded");
     }

@@ -7,7 +7,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Label value for anything that is not a configured name (contract §5.8).
@@ -70,7 +71,10 @@ impl Metrics {
                 &["model", "provider", "kind"],
             )?,
             cost: CounterVec::new(
-                Opts::new("switchyard_cost_usd_total", "Cost in USD from model pricing"),
+                Opts::new(
+                    "switchyard_cost_usd_total",
+                    "Cost in USD from model pricing",
+                ),
                 &["model", "key"],
             )?,
             in_flight: IntGaugeVec::new(
@@ -78,7 +82,10 @@ impl Metrics {
                 &["model"],
             )?,
             upstream_attempts: IntCounterVec::new(
-                Opts::new("switchyard_upstream_attempts_total", "Upstream attempts by outcome"),
+                Opts::new(
+                    "switchyard_upstream_attempts_total",
+                    "Upstream attempts by outcome",
+                ),
                 &["provider", "outcome"],
             )?,
         };
@@ -95,7 +102,10 @@ impl Metrics {
     /// The Prometheus text exposition of the default registry.
     pub fn encode() -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
-        if TextEncoder::new().encode(&prometheus::gather(), &mut out).is_err() {
+        if TextEncoder::new()
+            .encode(&prometheus::gather(), &mut out)
+            .is_err()
+        {
             out.clear();
         }
         out
@@ -116,11 +126,21 @@ mod tests {
         m.ttft.with_label_values(&["chat", "p"]).observe(0.01);
         let text = {
             let mut out = Vec::new();
-            TextEncoder::new().encode(&registry.gather(), &mut out).unwrap();
+            TextEncoder::new()
+                .encode(&registry.gather(), &mut out)
+                .unwrap();
             String::from_utf8(out).unwrap()
         };
-        assert!(text.contains("switchyard_requests_total{model=\"chat\",provider=\"p\",status=\"ok\"} 1"));
+        assert!(
+            text.contains(
+                "switchyard_requests_total{model=\"chat\",provider=\"p\",status=\"ok\"} 1"
+            )
+        );
         assert!(text.contains("switchyard_time_to_first_token_seconds_bucket"));
-        assert_eq!(registry.gather().len(), 2, "only touched vectors are gathered");
+        assert_eq!(
+            registry.gather().len(),
+            2,
+            "only touched vectors are gathered"
+        );
     }
 }

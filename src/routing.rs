@@ -3,8 +3,8 @@
 //! Called from the exchange's route step (request_filter, after the body is parsed). The
 //! resolved model, not the requested name, is what later issues authorise and bill.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{Config, Model, Target};
 use crate::error::GatewayError;

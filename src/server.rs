@@ -42,12 +42,18 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    let metrics_listen = config.server.metrics_listen;
     let shared = state::shared(LiveState::build(config));
-    let mut proxy = http_proxy_service(&server.configuration, Gateway::new(shared));
+    let mut proxy = http_proxy_service(&server.configuration, Gateway::new(shared.clone()));
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    if let Some(addr) = metrics_listen {
+        let mut metrics = http_proxy_service(&server.configuration, Gateway::metrics_only(shared));
+        metrics.add_tcp(&addr.to_string());
+        server.add_service(metrics);
+    }
     tracing::info!(listen = ?listen, "switchyard serving");
     server.run_forever()
 }

@@ -73,6 +73,11 @@ impl ChatRequest {
         // Not JSON, not an object, or a duplicate key (which could smuggle a second `model`)
         // are all the same client error.
         let body = TopLevel::parse(bytes).map_err(|_| GatewayError::InvalidJson)?;
+        // A lone UTF-16 surrogate is JSON syntax but no text: upstream decoders disagree on
+        // it, so it is refused here (reliability.md B6).
+        if body.has_lone_surrogate() {
+            return Err(GatewayError::InvalidJson);
+        }
         let model = parse_model(&body)?;
         let stream = match decode(&body, "stream")? {
             None | Some(Value::Null) => false,
@@ -166,11 +171,10 @@ fn check_input(body: &TopLevel, op: Operation) -> Result<(), GatewayError> {
     };
     // Only the first byte is needed to know the JSON type; the value itself passes through.
     let first = raw.get().trim_start().as_bytes().first().copied();
-    let ok = match (shape, first) {
-        (_, Some(b'[')) => true,
-        (InputShape::StringOrArray, Some(b'"')) => true,
-        _ => false,
-    };
+    let ok = matches!(
+        (shape, first),
+        (_, Some(b'[')) | (InputShape::StringOrArray, Some(b'"'))
+    );
     if ok {
         Ok(())
     } else {
@@ -182,7 +186,9 @@ fn check_input(body: &TopLevel, op: Operation) -> Result<(), GatewayError> {
 /// (a number out of range such as `1e309`) is a value error for that field.
 fn decode(body: &TopLevel, key: &'static str) -> Result<Option<Value>, GatewayError> {
     body.get(key)
-        .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(|_| GatewayError::InvalidValue(key)))
+        .map(|raw| {
+            serde_json::from_str::<Value>(raw.get()).map_err(|_| GatewayError::InvalidValue(key))
+        })
         .transpose()
 }
 
@@ -202,7 +208,15 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_invalid_json() {
-        for b in ["{", "", "null", "[]", "\"str\"", r#"{"model":"m",}"#, "\u{feff}{}"] {
+        for b in [
+            "{",
+            "",
+            "null",
+            "[]",
+            "\"str\"",
+            r#"{"model":"m",}"#,
+            "\u{feff}{}",
+        ] {
             assert_eq!(parse(b).unwrap_err(), GatewayError::InvalidJson, "{b:?}");
         }
     }
@@ -216,30 +230,64 @@ mod tests {
             (r#"{}"#, GatewayError::MissingParameter("model")),
             (r#"{"model":null}"#, GatewayError::MissingParameter("model")),
             (r#"{"model":""}"#, GatewayError::InvalidModelName),
-            (r#"{"model":"m\r\nX-Injected: 1"}"#, GatewayError::InvalidModelName),
-            (r#"{"model":"../../etc/passwd"}"#, GatewayError::InvalidModelName),
-            (r#"{"model":"m","messages":"hi"}"#, GatewayError::InvalidType("messages")),
-            (r#"{"model":"m"}"#, GatewayError::MissingParameter("messages")),
+            (
+                r#"{"model":"m\r\nX-Injected: 1"}"#,
+                GatewayError::InvalidModelName,
+            ),
+            (
+                r#"{"model":"../../etc/passwd"}"#,
+                GatewayError::InvalidModelName,
+            ),
+            (
+                r#"{"model":"m","messages":"hi"}"#,
+                GatewayError::InvalidType("messages"),
+            ),
+            (
+                r#"{"model":"m"}"#,
+                GatewayError::MissingParameter("messages"),
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(parse(body).unwrap_err(), want, "{body}");
         }
         let with = |field: &str| format!(r#"{{"model":"m",{MSGS},{field}}}"#);
         let cases = [
-            (with(r#""stream":"true""#), GatewayError::InvalidType("stream")),
-            (with(r#""stream_options":5"#), GatewayError::InvalidType("stream_options")),
-            (with(r#""max_tokens":"10""#), GatewayError::InvalidType("max_tokens")),
-            (with(r#""max_tokens":1.5"#), GatewayError::InvalidType("max_tokens")),
-            (with(r#""max_tokens":-1"#), GatewayError::InvalidValue("max_tokens")),
-            (with(r#""max_tokens":1e309"#), GatewayError::InvalidValue("max_tokens")),
-            (with(r#""max_tokens":18446744073709551616"#), GatewayError::InvalidType("max_tokens")),
+            (
+                with(r#""stream":"true""#),
+                GatewayError::InvalidType("stream"),
+            ),
+            (
+                with(r#""stream_options":5"#),
+                GatewayError::InvalidType("stream_options"),
+            ),
+            (
+                with(r#""max_tokens":"10""#),
+                GatewayError::InvalidType("max_tokens"),
+            ),
+            (
+                with(r#""max_tokens":1.5"#),
+                GatewayError::InvalidType("max_tokens"),
+            ),
+            (
+                with(r#""max_tokens":-1"#),
+                GatewayError::InvalidValue("max_tokens"),
+            ),
+            (
+                with(r#""max_tokens":1e309"#),
+                GatewayError::InvalidValue("max_tokens"),
+            ),
+            (
+                with(r#""max_tokens":18446744073709551616"#),
+                GatewayError::InvalidType("max_tokens"),
+            ),
             (with(r#""n":4294967296"#), GatewayError::InvalidValue("n")),
             (with(r#""n":0"#), GatewayError::InvalidValue("n")),
         ];
         for (body, want) in cases {
             let got = parse(&body).unwrap_err();
             assert!(
-                got == want || matches!((&got, &want), (GatewayError::InvalidValue(a), GatewayError::InvalidType(b)) if a == b),
+                got == want
+                    || matches!((&got, &want), (GatewayError::InvalidValue(a), GatewayError::InvalidType(b)) if a == b),
                 "{body}: {got:?}"
             );
         }
@@ -276,7 +324,9 @@ mod tests {
     #[test]
     fn embeddings_take_string_or_array_input() {
         assert!(ChatRequest::parse(Operation::Embeddings, br#"{"model":"e","input":"x"}"#).is_ok());
-        assert!(ChatRequest::parse(Operation::Embeddings, br#"{"model":"e","input":["x"]}"#).is_ok());
+        assert!(
+            ChatRequest::parse(Operation::Embeddings, br#"{"model":"e","input":["x"]}"#).is_ok()
+        );
         assert_eq!(
             ChatRequest::parse(Operation::Embeddings, br#"{"model":"e","input":5}"#).unwrap_err(),
             GatewayError::InvalidType("input")

@@ -75,8 +75,7 @@ pub fn request_id(client: Option<&[u8]>) -> String {
     match client {
         Some(v)
             if (1..=128).contains(&v.len())
-                && v
-                    .iter()
+                && v.iter()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
         {
             String::from_utf8_lossy(v).into_owned()

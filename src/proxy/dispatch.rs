@@ -50,7 +50,10 @@ mod tests {
             dispatch(&Method::POST, "/v1/chat/completions"),
             Ok(Handler::Exchange(Operation::ChatCompletions))
         );
-        assert_eq!(dispatch(&Method::POST, "/rerank"), Ok(Handler::Exchange(Operation::Rerank)));
+        assert_eq!(
+            dispatch(&Method::POST, "/rerank"),
+            Ok(Handler::Exchange(Operation::Rerank))
+        );
         assert_eq!(
             dispatch(&Method::GET, "/v1/models/Qwen/Qwen2.5-7B"),
             Ok(Handler::GetModel("Qwen/Qwen2.5-7B".into()))
@@ -59,8 +62,14 @@ mod tests {
             dispatch(&Method::GET, "/v1/chat/completions"),
             Err(GatewayError::MethodNotAllowed { allow: "POST" })
         );
-        assert_eq!(dispatch(&Method::POST, "/v1/chat/completion"), Err(GatewayError::UnknownUrl));
-        assert_eq!(dispatch(&Method::GET, "/v1/models/"), Err(GatewayError::UnknownUrl));
+        assert_eq!(
+            dispatch(&Method::POST, "/v1/chat/completion"),
+            Err(GatewayError::UnknownUrl)
+        );
+        assert_eq!(
+            dispatch(&Method::GET, "/v1/models/"),
+            Err(GatewayError::UnknownUrl)
+        );
         assert_eq!(
             dispatch(&Method::DELETE, "/health"),
             Err(GatewayError::MethodNotAllowed { allow: "GET" })

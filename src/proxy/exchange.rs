@@ -91,7 +91,12 @@ async fn run(
     op: Operation,
 ) -> Result<(), Stop> {
     let config = &state.config;
-    let body = read_body(session, config.server.limits.max_body, config.server.limits.body_timeout).await?;
+    let body = read_body(
+        session,
+        config.server.limits.max_body,
+        config.server.limits.body_timeout,
+    )
+    .await?;
     let req = ChatRequest::parse(op, &body)?;
     ctx.model_requested = Some(req.model.clone());
     ctx.stream = req.stream;
@@ -117,7 +122,14 @@ async fn run(
             ctx.model = Some(candidate.model.name.clone());
             ctx.provider = Some(ep.provider.clone());
             ctx.endpoint = Some(ep.url.clone());
-            let header = upstream_header(ctx, op, &req, ep, upstream.api_key.as_ref().map(|k| k.expose()), upstream_body.len())?;
+            let header = upstream_header(
+                ctx,
+                op,
+                &req,
+                ep,
+                upstream.api_key.as_ref().map(|k| k.expose()),
+                upstream_body.len(),
+            )?;
             let outcome = tokio::select! {
                 biased;
                 r = attempt(connector, ep, timeouts, deadline, header, upstream_body.clone()) => r,
@@ -126,7 +138,8 @@ async fn run(
             match outcome {
                 Ok((up, peer)) => {
                     count_attempt(&ep.provider, "ok");
-                    return commit(connector, session, ctx, &req, candidate, up, peer, deadline).await;
+                    return commit(connector, session, ctx, &req, candidate, up, peer, deadline)
+                        .await;
                 }
                 Err(failure) => {
                     count_attempt(&ep.provider, failure.outcome_label());
@@ -176,7 +189,10 @@ async fn read_body(session: &mut Session, max: usize, within: Duration) -> Resul
 }
 
 fn is_closed(e: &pingora::Error) -> bool {
-    matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError)
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError
+    )
 }
 
 /// Resolves when the client has gone (FIN or RST) while we wait on the upstream. A FIN
@@ -205,7 +221,11 @@ fn upstream_header(
         h.insert_header("host", ep.authority.as_str())?;
         h.insert_header("content-type", "application/json")?;
         h.insert_header("content-length", len.to_string())?;
-        let accept = if req.stream { "text/event-stream" } else { "application/json" };
+        let accept = if req.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         h.insert_header("accept", accept)?;
         h.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(key) = api_key {
@@ -222,7 +242,11 @@ fn upstream_header(
 enum Failure {
     Connect,
     Timeout,
-    Status { code: u16, retry_after: Option<Duration>, context_length: bool },
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+        context_length: bool,
+    },
     Protocol,
 }
 
@@ -253,7 +277,11 @@ impl Failure {
             Failure::Connect => GatewayError::BackendUnavailable { retry_after: None },
             Failure::Timeout => GatewayError::UpstreamTimeout,
             Failure::Protocol => GatewayError::BadUpstreamResponse,
-            Failure::Status { code, retry_after, context_length } => match code {
+            Failure::Status {
+                code,
+                retry_after,
+                context_length,
+            } => match code {
                 _ if context_length => GatewayError::ContextLengthExceeded,
                 400 | 413 | 422 => GatewayError::UpstreamRejected,
                 408 | 504 => GatewayError::UpstreamTimeout,
@@ -276,12 +304,17 @@ async fn attempt(
     body: Bytes,
 ) -> Result<(HttpSession, pingora::upstreams::peer::HttpPeer), Failure> {
     let peer = ep.peer(timeouts);
-    let deadline = tokio::time::Instant::from_std(total_deadline.min(Instant::now() + timeouts.first_byte));
+    let deadline =
+        tokio::time::Instant::from_std(total_deadline.min(Instant::now() + timeouts.first_byte));
     let (mut up, reused) = match timeout_at(deadline, connector.get_http_session(&peer)).await {
         Err(_) => return Err(Failure::Timeout),
         Ok(Err(_)) => return Err(Failure::Connect),
         Ok(Ok(s)) => s,
     };
+    // The connector does not carry the peer's read/write timeouts over to the session (the
+    // proxy phases set them themselves), so apply `idle` here: it bounds every read.
+    up.set_read_timeout(Some(timeouts.idle));
+    up.set_write_timeout(Some(timeouts.idle));
     let exchange = async {
         up.write_request_header(Box::new(header)).await?;
         up.write_request_body(body, true).await?;
@@ -292,7 +325,9 @@ async fn attempt(
         Err(_) => return Err(Failure::Timeout),
         // A pooled connection the upstream closed while idle fails before any response:
         // the request never ran, so it is a connect failure and safe to retry.
-        Ok(Err(e)) if reused && e.etype() != &ErrorType::ReadTimedout => return Err(Failure::Connect),
+        Ok(Err(e)) if reused && e.etype() != &ErrorType::ReadTimedout => {
+            return Err(Failure::Connect);
+        }
         Ok(Err(e)) if e.etype() == &ErrorType::ReadTimedout => return Err(Failure::Timeout),
         Ok(Err(_)) => return Err(Failure::Protocol),
         Ok(Ok(())) => {}
@@ -311,10 +346,16 @@ async fn attempt(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let context_length = code == 400 && {
-        let body = read_bounded(&mut up, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+        let body = read_bounded(&mut up, MAX_ERROR_BODY_BYTES, deadline)
+            .await
+            .unwrap_or_default();
         mentions_context_length(&body)
     };
-    Err(Failure::Status { code, retry_after, context_length })
+    Err(Failure::Status {
+        code,
+        retry_after,
+        context_length,
+    })
 }
 
 /// Upstreams word this differently (OpenAI's code, vLLM's and llama.cpp's messages).
@@ -327,7 +368,11 @@ fn mentions_context_length(body: &[u8]) -> bool {
 }
 
 /// Reads a whole upstream body up to `max` bytes before `deadline`.
-async fn read_bounded(up: &mut HttpSession, max: usize, deadline: tokio::time::Instant) -> Option<Bytes> {
+async fn read_bounded(
+    up: &mut HttpSession,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Option<Bytes> {
     let mut buf = BytesMut::new();
     loop {
         match timeout_at(deadline, up.read_response_body()).await {
@@ -383,18 +428,29 @@ async fn buffered(
     };
     let mut top = TopLevel::parse(&body).map_err(|_| GatewayError::BadUpstreamResponse)?;
     if top.get("model").is_some() {
-        let name = serde_json::value::to_raw_value(&req.model).map_err(|_| GatewayError::Internal)?;
+        let name =
+            serde_json::value::to_raw_value(&req.model).map_err(|_| GatewayError::Internal)?;
         top.set("model", name);
     }
-    let (usage, source) = match top.get("usage").and_then(|u| serde_json::from_str(u.get()).ok()).and_then(|v| accounting::usage_from_value(&v)) {
+    let (usage, source) = match top
+        .get("usage")
+        .and_then(|u| serde_json::from_str(u.get()).ok())
+        .and_then(|v| accounting::usage_from_value(&v))
+    {
         Some(u) => (u, UsageSource::Upstream),
         None => {
             let whole: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            accounting::settle_response(&whole, prompt_estimate(req))
+            let request = req.to_value();
+            off_runtime(move || {
+                accounting::settle_response(&whole, tokenizer::estimate_prompt_tokens(&request))
+            })
+            .await
         }
     };
     settle(ctx, candidate.model, usage, source);
-    connector.release_http_session(up, &peer, peer.options.idle_timeout).await;
+    connector
+        .release_http_session(up, &peer, peer.options.idle_timeout)
+        .await;
     let h = respond::header(200, "application/json", ctx).map_err(|_| GatewayError::Internal)?;
     respond::send_body(session, ctx, h, Bytes::from(top.to_vec()))
         .await
@@ -419,19 +475,27 @@ async fn stream(
     peer: pingora::upstreams::peer::HttpPeer,
     deadline: Instant,
 ) -> Result<(), Stop> {
-    let mut h = respond::header(200, "text/event-stream", ctx).map_err(|_| GatewayError::Internal)?;
-    h.insert_header("cache-control", "no-cache").map_err(|_| GatewayError::Internal)?;
+    let mut h =
+        respond::header(200, "text/event-stream", ctx).map_err(|_| GatewayError::Internal)?;
+    h.insert_header("cache-control", "no-cache")
+        .map_err(|_| GatewayError::Internal)?;
+    // Chunked, so the connection stays reusable and a cut stream is visible in HTTP framing.
+    h.insert_header("transfer-encoding", "chunked")
+        .map_err(|_| GatewayError::Internal)?;
     ctx.http_status = 200;
-    if session.write_response_header(Box::new(h), false).await.is_err() {
+    if session
+        .write_response_header(Box::new(h), false)
+        .await
+        .is_err()
+    {
         return Err(Stop::ClientGone);
     }
     ctx.bytes_sent = true;
     let mut tally = StreamTally::default();
     let end = pump(session, ctx, req, &mut up, &mut tally, deadline).await;
-    let estimate = if tally.has_upstream_usage() { 0 } else { prompt_estimate(req) };
-    let (usage, source) = tally.settle(estimate);
-    settle(ctx, candidate.model, usage, source);
-    match end {
+    // Close or pool the upstream connection first: counting tokens may load the tokenizer,
+    // and a cancelled generation must not run on meanwhile (contract §5.2).
+    let result = match end {
         StreamEnd::Done => {
             let _ = session.write_response_body(None, true).await;
             linger_and_release(connector, up, &peer).await;
@@ -439,15 +503,38 @@ async fn stream(
         }
         StreamEnd::ClientGone => {
             up.shutdown().await;
+            drop(up);
             Err(Stop::ClientGone)
         }
         StreamEnd::Failed(err) => {
             up.shutdown().await;
-            let _ = session.write_response_body(Some(respond::sse_error_event(&err)), true).await;
+            drop(up);
+            let _ = session
+                .write_response_body(Some(respond::sse_error_event(&err)), true)
+                .await;
             ctx.set_error(err);
             Ok(())
         }
-    }
+    };
+    let (usage, source) = if tally.has_upstream_usage() {
+        tally.settle(0)
+    } else {
+        let body = req.to_value();
+        off_runtime(move || tally.settle(tokenizer::estimate_prompt_tokens(&body))).await
+    };
+    settle(ctx, candidate.model, usage, source);
+    result
+}
+
+/// Tokenizing (and building the tokenizer on first use) is CPU work: run it on the blocking
+/// pool so it never stalls other requests' I/O on this worker.
+async fn off_runtime<F>(f: F) -> (Usage, UsageSource)
+where
+    F: FnOnce() -> (Usage, UsageSource) + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or((Usage::default(), UsageSource::None))
 }
 
 /// Moves events from upstream to client as they arrive: each upstream read is framed, each
@@ -473,7 +560,9 @@ async fn pump(
             Ok(Err(e)) if e.etype() == &ErrorType::ReadTimedout => {
                 return StreamEnd::Failed(GatewayError::UpstreamTimeout);
             }
-            Ok(Err(_)) | Ok(Ok(None)) => return StreamEnd::Failed(GatewayError::UpstreamDisconnected),
+            Ok(Err(_)) | Ok(Ok(None)) => {
+                return StreamEnd::Failed(GatewayError::UpstreamDisconnected);
+            }
             Ok(Ok(Some(chunk))) => chunk,
         };
         if framer.push(&chunk).is_err() {
@@ -534,15 +623,23 @@ fn forward_event(
             if info.usage_only && !req.client_wants_usage {
                 return Ok(None);
             }
-            let data = chunks::rewrite_model(&ev.data, &req.model).unwrap_or_else(|| ev.data.clone());
-            Ok(Some(sse::encode_event(&sse::SseEvent { event: ev.event.clone(), data })))
+            let data =
+                chunks::rewrite_model(&ev.data, &req.model).unwrap_or_else(|| ev.data.clone());
+            Ok(Some(sse::encode_event(&sse::SseEvent {
+                event: ev.event.clone(),
+                data,
+            })))
         }
     }
 }
 
 /// After `[DONE]` the upstream's chunked body usually ends within the same packet; wait a
 /// moment for it so the connection can go back to the pool, else close it.
-async fn linger_and_release(connector: &Connector, mut up: HttpSession, peer: &pingora::upstreams::peer::HttpPeer) {
+async fn linger_and_release(
+    connector: &Connector,
+    mut up: HttpSession,
+    peer: &pingora::upstreams::peer::HttpPeer,
+) {
     let deadline = tokio::time::Instant::now() + DONE_LINGER;
     while !up.response_done() {
         match timeout_at(deadline, up.read_response_body()).await {
@@ -554,24 +651,29 @@ async fn linger_and_release(connector: &Connector, mut up: HttpSession, peer: &p
             }
         }
     }
-    connector.release_http_session(up, peer, peer.options.idle_timeout).await;
-}
-
-fn prompt_estimate(req: &ChatRequest) -> u64 {
-    tokenizer::estimate_prompt_tokens(&req.to_value())
+    connector
+        .release_http_session(up, peer, peer.options.idle_timeout)
+        .await;
 }
 
 fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource) {
     ctx.usage = usage;
     ctx.usage_source = source;
     ctx.cost_usd = model.pricing.as_ref().map_or(0.0, |p| {
-        accounting::cost_usd(&usage, p.input_per_token, p.output_per_token, p.cached_input_per_token)
+        accounting::cost_usd(
+            &usage,
+            p.input_per_token,
+            p.output_per_token,
+            p.cached_input_per_token,
+        )
     });
 }
 
 fn count_attempt(provider: &str, outcome: &str) {
     if let Some(m) = Metrics::get() {
-        m.upstream_attempts.with_label_values(&[provider, outcome]).inc();
+        m.upstream_attempts
+            .with_label_values(&[provider, outcome])
+            .inc();
     }
 }
 

@@ -57,9 +57,13 @@ fn record_metrics(ctx: &RequestCtx, duration: f64) {
     m.requests
         .with_label_values(&[model, provider, ctx.status.as_str()])
         .inc();
-    m.duration.with_label_values(&[model, provider]).observe(duration);
+    m.duration
+        .with_label_values(&[model, provider])
+        .observe(duration);
     if let Some(ttft) = ctx.ttft {
-        m.ttft.with_label_values(&[model, provider]).observe(ttft.as_secs_f64());
+        m.ttft
+            .with_label_values(&[model, provider])
+            .observe(ttft.as_secs_f64());
     }
     for (kind, n) in [
         ("prompt", ctx.usage.prompt_tokens),
@@ -67,17 +71,22 @@ fn record_metrics(ctx: &RequestCtx, duration: f64) {
         ("cached", ctx.usage.cached_tokens),
     ] {
         if n > 0 {
-            m.tokens.with_label_values(&[model, provider, kind]).inc_by(n);
+            m.tokens
+                .with_label_values(&[model, provider, kind])
+                .inc_by(n);
         }
     }
     if ctx.cost_usd > 0.0 {
         // No API keys yet: every request is the anonymous key.
-        m.cost.with_label_values(&[model, "anonymous"]).inc_by(ctx.cost_usd);
+        m.cost
+            .with_label_values(&[model, "anonymous"])
+            .inc_by(ctx.cost_usd);
     }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The first `MAX_LOGGED` bytes, cut at a character boundary.

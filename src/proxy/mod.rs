@@ -27,6 +27,8 @@ use dispatch::Handler;
 pub struct Gateway {
     state: SharedState,
     connector: Connector,
+    /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
+    metrics_only: bool,
 }
 
 impl Gateway {
@@ -34,6 +36,15 @@ impl Gateway {
         Gateway {
             state,
             connector: Connector::new(None),
+            metrics_only: false,
+        }
+    }
+
+    /// The gateway for the optional own metrics listener.
+    pub fn metrics_only(state: SharedState) -> Gateway {
+        Gateway {
+            metrics_only: true,
+            ..Gateway::new(state)
         }
     }
 }
@@ -46,7 +57,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.request_id = ctx::request_id(session.get_header("x-request-id").map(|v| v.as_bytes()));
         ctx.state = Some(self.state.load_full());
         Ok(())
@@ -64,6 +79,11 @@ impl ProxyHttp for Gateway {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let handler = match dispatch::dispatch(&method, &path) {
+            Ok(Handler::Metrics) if self.metrics_only => Handler::Metrics,
+            Ok(_) if self.metrics_only => {
+                respond::send_error(session, ctx, GatewayError::UnknownUrl).await?;
+                return Ok(true);
+            }
             Ok(h) => h,
             Err(e) => {
                 // The body (if any) was not read: close rather than parse it as a request.
@@ -73,7 +93,9 @@ impl ProxyHttp for Gateway {
             }
         };
         match handler {
-            Handler::Exchange(op) => exchange::serve(&self.connector, session, ctx, state, op).await?,
+            Handler::Exchange(op) => {
+                exchange::serve(&self.connector, session, ctx, state, op).await?
+            }
             Handler::ListModels => {
                 let body = models::list(&state.config, state.built_at);
                 send_json(session, ctx, body).await?;

@@ -36,7 +36,9 @@ pub async fn send_body(
 ) -> Result<()> {
     h.insert_header("content-length", body.len().to_string())?;
     ctx.http_status = h.status.as_u16();
-    session.write_response_header(Box::new(h), body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(h), body.is_empty())
+        .await?;
     if !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }

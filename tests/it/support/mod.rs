@@ -1,0 +1,5 @@
+//! Test harness: the mock upstream, the gateway process, and a raw HTTP/1.1 client.
+
+pub mod client;
+pub mod gateway;
+pub mod mock_upstream;
