@@ -686,10 +686,13 @@ async fn fixed_concurrency(
 // Processes under test
 // ---------------------------------------------------------------------------------------
 
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+/// A child process that is stopped (`stop_signal`, then SIGKILL) when dropped.
 struct Proc {
     child: Child,
     name: &'static str,
+    /// nginx: TERM (its fast shutdown); switchyard: INT (Pingora's fast shutdown, where
+    /// TERM would wait out the graceful-drain period).
+    stop_signal: &'static str,
 }
 
 impl Proc {
@@ -707,7 +710,7 @@ impl Drop for Proc {
             return;
         }
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{}", self.stop_signal))
             .arg(self.pid().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -717,7 +720,10 @@ impl Drop for Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        eprintln!(
+            "{} did not stop on SIG{} within 5 s; killing it",
+            self.name, self.stop_signal
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -848,6 +854,7 @@ http {{
     let mut p = Proc {
         child,
         name: "nginx",
+        stop_signal: "TERM",
     };
     if let Err(e) = wait_tcp(addr, &mut p, Duration::from_secs(10)).await {
         return Err(format!(
@@ -892,6 +899,7 @@ async fn start_switchyard(bin: &Path, dir: &Path, mock: SocketAddr) -> Res<(Proc
     let mut p = Proc {
         child,
         name: "switchyard",
+        stop_signal: "INT",
     };
     if let Err(e) = wait_health(addr, &mut p, Duration::from_secs(30)).await {
         return Err(format!("{e}\n{}", log_tail(&log_path)).into());

@@ -27,7 +27,7 @@ use crate::error::{GatewayError, LedgerStatus};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
-use crate::routing::{Candidate, HeaderLookup};
+use crate::routing::HeaderLookup;
 use crate::state::LiveState;
 use crate::upstream::ResolvedEndpoint;
 
@@ -138,8 +138,13 @@ async fn run(
             match outcome {
                 Ok((up, peer)) => {
                     count_attempt(&ep.provider, "ok");
-                    return commit(connector, session, ctx, &req, candidate, up, peer, deadline)
-                        .await;
+                    let answer = Answer {
+                        up,
+                        peer,
+                        model: candidate.model,
+                        deadline,
+                    };
+                    return commit(connector, session, ctx, &req, answer).await;
                 }
                 Err(failure) => {
                     count_attempt(&ep.provider, failure.outcome_label());
@@ -383,40 +388,48 @@ async fn read_bounded(
     }
 }
 
+/// A 2xx upstream response whose header is in hand, and what serving it needs.
+struct Answer<'a> {
+    up: HttpSession,
+    peer: pingora::upstreams::peer::HttpPeer,
+    /// The model whose target answered (its pricing bills the request).
+    model: &'a Model,
+    deadline: Instant,
+}
+
 /// The response committed to the client: buffered JSON, or an SSE stream.
-#[allow(clippy::too_many_arguments)]
 async fn commit(
     connector: &Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &ChatRequest,
-    candidate: &Candidate<'_>,
-    up: HttpSession,
-    peer: pingora::upstreams::peer::HttpPeer,
-    deadline: Instant,
+    answer: Answer<'_>,
 ) -> Result<(), Stop> {
-    let is_sse = up
+    let is_sse = answer
+        .up
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if req.stream && is_sse {
-        stream(connector, session, ctx, req, candidate, up, peer, deadline).await
+        stream(connector, session, ctx, req, answer).await
     } else {
-        buffered(connector, session, ctx, req, candidate, up, peer, deadline).await
+        buffered(connector, session, ctx, req, answer).await
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn buffered(
     connector: &Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &ChatRequest,
-    candidate: &Candidate<'_>,
-    mut up: HttpSession,
-    peer: pingora::upstreams::peer::HttpPeer,
-    deadline: Instant,
+    answer: Answer<'_>,
 ) -> Result<(), Stop> {
+    let Answer {
+        mut up,
+        peer,
+        model,
+        deadline,
+    } = answer;
     let deadline = tokio::time::Instant::from_std(deadline);
     let body = tokio::select! {
         biased;
@@ -447,7 +460,7 @@ async fn buffered(
             .await
         }
     };
-    settle(ctx, candidate.model, usage, source);
+    settle(ctx, model, usage, source);
     connector
         .release_http_session(up, &peer, peer.options.idle_timeout)
         .await;
@@ -464,17 +477,19 @@ enum StreamEnd {
     Failed(GatewayError),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn stream(
     connector: &Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &ChatRequest,
-    candidate: &Candidate<'_>,
-    mut up: HttpSession,
-    peer: pingora::upstreams::peer::HttpPeer,
-    deadline: Instant,
+    answer: Answer<'_>,
 ) -> Result<(), Stop> {
+    let Answer {
+        mut up,
+        peer,
+        model,
+        deadline,
+    } = answer;
     let mut h =
         respond::header(200, "text/event-stream", ctx).map_err(|_| GatewayError::Internal)?;
     h.insert_header("cache-control", "no-cache")
@@ -522,7 +537,7 @@ async fn stream(
         let body = req.to_value();
         off_runtime(move || tally.settle(tokenizer::estimate_prompt_tokens(&body))).await
     };
-    settle(ctx, candidate.model, usage, source);
+    settle(ctx, model, usage, source);
     result
 }
 
