@@ -121,6 +121,12 @@ fn parse_structure(text: &str, file: &str) -> Result<(RawConfig, SpanIndex), Con
         Err(_) => Vec::new(),
     };
     match (parsed, spans) {
+        (Err(err), Ok(index)) if err.to_string().contains("unknown field") => {
+            errors.extend(super::unknown::unknown_keys(text, file, &index));
+            if errors.is_empty() {
+                errors.push(ConfigError::from_serde(file, &err));
+            }
+        }
         (Err(err), _) => {
             // With duplicates found, serde's own "duplicate field" says less than ours.
             let redundant = !errors.is_empty() && err.to_string().contains("duplicate field");

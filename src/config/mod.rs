@@ -10,6 +10,7 @@ mod model;
 mod raw;
 mod secret;
 mod spans;
+mod unknown;
 
 use std::path::Path;
 
