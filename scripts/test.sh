@@ -7,7 +7,7 @@ mkdir -p target
 
 cargo build --bins || { echo "0 passed, 1 failed"; exit 1; }
 
-cargo test --all-targets 2>&1 | tee target/cargo-test.log
+cargo test --lib --bins --tests 2>&1 | tee target/cargo-test.log
 cargo_rc=${PIPESTATUS[0]}
 
 SWITCHYARD_BIN="$PWD/target/debug/switchyard" python3 -m pytest -q tests/python 2>&1 | tee target/pytest.log
