@@ -21,6 +21,21 @@ async fn post_raw(gw: &Gateway, body: &[u8]) -> crate::support::client::Response
     .await
 }
 
+/// Every body gets the 400 `invalid_json` envelope, and none reaches the upstream.
+async fn assert_all_invalid_json(gw: &Gateway, mock: &MockUpstream, bodies: &[&[u8]]) {
+    for body in bodies {
+        let r = post_raw(gw, body).await;
+        let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        assert_eq!(r.status, 400, "{shown:?}: {}", r.text());
+        assert_envelope(&r, 400, "invalid_request_error", "invalid_json", None);
+    }
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "bad bodies never reach the upstream"
+    );
+}
+
 #[tokio::test]
 async fn invalid_json_bodies() {
     bounded(60, async {
@@ -41,17 +56,8 @@ async fn invalid_json_bodies() {
         .map(|s| s.as_bytes().to_vec())
         .collect();
         cases.push(vec![b'{'; 1024 * 1024]);
-        for body in &cases {
-            let r = post_raw(&gw, body).await;
-            let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
-            assert_eq!(r.status, 400, "{shown:?}: {}", r.text());
-            assert_envelope(&r, 400, "invalid_request_error", "invalid_json", None);
-        }
-        assert_eq!(
-            mock.request_count(),
-            0,
-            "bad bodies never reach the upstream"
-        );
+        let bodies: Vec<&[u8]> = cases.iter().map(Vec::as_slice).collect();
+        assert_all_invalid_json(&gw, &mock, &bodies).await;
     })
     .await;
 }
@@ -68,17 +74,7 @@ async fn invalid_utf8_is_invalid_json() {
             b"{\"model\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc0\xaf\"}]}",
             b"{\"model\":\"ch\xffat\",\"messages\":[]}",
         ];
-        for body in cases {
-            let r = post_raw(&gw, body).await;
-            let shown = String::from_utf8_lossy(body).into_owned();
-            assert_eq!(r.status, 400, "{shown:?}: {}", r.text());
-            assert_envelope(&r, 400, "invalid_request_error", "invalid_json", None);
-        }
-        assert_eq!(
-            mock.request_count(),
-            0,
-            "bad bodies never reach the upstream"
-        );
+        assert_all_invalid_json(&gw, &mock, &cases).await;
     })
     .await;
 }
