@@ -37,6 +37,13 @@ pub fn unknown_keys(text: &str, file: &str, spans: &SpanIndex) -> Vec<ConfigErro
             break;
         }
         let pos = spans.key(&key_path(&segments));
+        // Named like serde's own first error: `models.m.pricing: unknown field ...`.
+        let parent = key_path(&segments[..segments.len().saturating_sub(1)]);
+        let message = if parent.as_str().is_empty() {
+            message
+        } else {
+            format!("{parent}: {message}")
+        };
         errors.push(ConfigError::new(file, pos, message));
     }
     errors
@@ -87,11 +94,11 @@ mod tests {
         let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert_eq!(shown.len(), 3, "{shown:?}");
         assert!(
-            shown[0].starts_with("f.yaml:2:3: unknown field `lisen`"),
+            shown[0].starts_with("f.yaml:2:3: server: unknown field `lisen`"),
             "{shown:?}"
         );
         assert!(
-            shown[1].starts_with("f.yaml:6:5: unknown field `balanc`"),
+            shown[1].starts_with("f.yaml:6:5: models.chat: unknown field `balanc`"),
             "{shown:?}"
         );
         assert!(
