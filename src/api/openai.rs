@@ -72,7 +72,7 @@ impl ChatRequest {
     pub fn parse(op: Operation, bytes: &[u8]) -> Result<ChatRequest, GatewayError> {
         // Not JSON, not an object, or a duplicate key (which could smuggle a second `model`)
         // are all the same client error.
-        let body = TopLevel::parse(bytes).map_err(|_| GatewayError::InvalidJson)?;
+        let mut body = TopLevel::parse(bytes).map_err(|_| GatewayError::InvalidJson)?;
         // A lone UTF-16 surrogate is JSON syntax but no text: upstream decoders disagree on
         // it, so it is refused here (reliability.md B6).
         if body.has_lone_surrogate() {
@@ -84,15 +84,23 @@ impl ChatRequest {
             Some(Value::Bool(b)) => b,
             Some(_) => return Err(GatewayError::InvalidType("stream")),
         };
-        let client_wants_usage = match decode(&body, "stream_options")? {
-            None | Some(Value::Null) => false,
-            Some(Value::Object(o)) => match o.get("include_usage") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(GatewayError::InvalidType("stream_options")),
-            },
+        let mut options = match decode(&body, "stream_options")? {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(o)) => o,
             Some(_) => return Err(GatewayError::InvalidType("stream_options")),
         };
+        let client_wants_usage = match options.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(GatewayError::InvalidType("stream_options")),
+        };
+        let stream = stream && op.streams();
+        if stream {
+            // Usage is asked for upstream once here, so every attempt sends the same body
+            // apart from `model` (contract §5.3).
+            options.insert("include_usage".into(), Value::Bool(true));
+            body.set("stream_options", to_raw(&Value::Object(options))?);
+        }
         let max_tokens = match parse_count(&body, "max_completion_tokens")? {
             Some(n) => Some(n),
             None => parse_count(&body, "max_tokens")?,
@@ -105,25 +113,17 @@ impl ChatRequest {
             op,
             body,
             model,
-            stream: stream && op.streams(),
+            stream,
             client_wants_usage,
             max_tokens,
         })
     }
 
-    /// The body for one upstream attempt: `model` set to the target's upstream id and, for
-    /// streams, `stream_options.include_usage: true` so usage is exact (contract §5.3).
+    /// The body for one upstream attempt: `model` set to the target's upstream id (streams
+    /// already carry `stream_options.include_usage: true`, set once by `parse`).
     pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, GatewayError> {
         let mut body = self.body.clone();
         body.set("model", to_raw(&Value::String(upstream_model.to_string()))?);
-        if self.stream {
-            let mut options = match decode(&self.body, "stream_options")? {
-                Some(Value::Object(o)) => o,
-                _ => serde_json::Map::new(),
-            };
-            options.insert("include_usage".into(), Value::Bool(true));
-            body.set("stream_options", to_raw(&Value::Object(options))?);
-        }
         Ok(body.to_vec())
     }
 

@@ -109,14 +109,14 @@ async fn run(
     let timeouts = &config.server.timeouts;
     let deadline = ctx.started + timeouts.total;
     let mut last_err = GatewayError::BackendUnavailable { retry_after: None };
-    for candidate in plan.candidates.iter().take(MAX_ATTEMPTS) {
+    'candidates: for candidate in &plan.candidates {
         let Some(upstream) = state.upstreams.provider(&candidate.target.provider) else {
             continue;
         };
         let upstream_body = Bytes::from(req.upstream_body(&candidate.target.model)?);
         for ep in upstream.endpoints_in_turn() {
             if ctx.attempts as usize >= MAX_ATTEMPTS {
-                break;
+                break 'candidates;
             }
             ctx.attempts += 1;
             ctx.model = Some(candidate.model.name.clone());
