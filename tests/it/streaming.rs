@@ -92,7 +92,12 @@ async fn stream_is_forwarded_event_by_event() {
                 })
                 .unwrap()
                 .expect("stream ended early");
-            assert_eq!(delta(&ev), Some(numbered_tokens(4)[i].clone()));
+            assert_eq!(
+                delta(&ev),
+                Some(numbered_tokens(4)[i].clone()),
+                "event {i}: {}",
+                ev.raw
+            );
             assert_eq!(
                 ev.json()["model"],
                 "gpt-3.5-turbo",

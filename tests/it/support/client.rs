@@ -334,6 +334,9 @@ impl HttpClient {
     /// A partial event left at the end is returned as-is (its `data` may be cut).
     pub async fn next_event(&mut self) -> std::io::Result<Option<Event>> {
         loop {
+            // Bytes read together with the head (or an earlier event) may already hold whole
+            // events: hand those out before waiting on the socket for more.
+            self.decode();
             if let Some(e) = self.take_event() {
                 return Ok(Some(e));
             }
