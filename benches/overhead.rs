@@ -1223,13 +1223,24 @@ async fn run_scenario(t: &mut Target, sc: Scenario, secs: f64) -> Res<()> {
     Ok(())
 }
 
+/// The scenarios to run: all, or those named in `BENCH_ONLY` (comma-separated `serial`,
+/// `rate`, `conc`, `stream`) for a quicker look at one of them while profiling.
+fn scenarios() -> Vec<Scenario> {
+    let all = [
+        ("serial", Scenario::Serial),
+        ("rate", Scenario::Rate),
+        ("conc", Scenario::Concurrency),
+        ("stream", Scenario::Stream),
+    ];
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    all.iter()
+        .filter(|(name, _)| only.is_empty() || only.split(',').any(|o| o.trim() == *name))
+        .map(|(_, sc)| *sc)
+        .collect()
+}
+
 async fn run_all(targets: &mut [Target], secs: f64) -> Res<()> {
-    for sc in [
-        Scenario::Serial,
-        Scenario::Rate,
-        Scenario::Concurrency,
-        Scenario::Stream,
-    ] {
+    for sc in scenarios() {
         for round in 0..ROUNDS {
             let n = targets.len();
             for i in 0..n {

@@ -8,6 +8,12 @@ use clap::Parser;
 use switchyard::cli::{Cli, Command, DEFAULT_CONFIG};
 use switchyard::config;
 use switchyard::server::{self, ServeOptions};
+use tracing_appender::non_blocking::WorkerGuard;
+
+/// Log lines that may wait for the writer thread before a logging thread blocks.
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+/// The writer thread's buffer; it is flushed whenever the queue runs empty.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,21 +28,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// JSON logs on stderr. For `serve` they go through a writer thread: a request never waits
+/// on the log file (a synchronous write per access-log line cost the workers a syscall and
+/// the stderr lock on every request), and lines are written in batches. The queue is
+/// lossless: when it is full the logging thread waits instead of dropping a ledger line.
+/// A daemonised server forks after this point and the writer thread would not survive the
+/// fork, so `--daemon` logs synchronously.
+fn init_tracing(background: bool) -> Option<WorkerGuard> {
     let _ = tracing_log::LogTracer::init();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_env_filter(filter);
+    if !background {
+        let _ = builder.with_writer(std::io::stderr).try_init();
+        return None;
+    }
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("switchyard-log")
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_BUFFER_BYTES,
+            std::io::stderr(),
+        ));
+    let _ = builder.with_writer(writer).try_init();
+    Some(guard)
 }
 
 fn serve(path: Option<&Path>, opts: ServeOptions) -> ExitCode {
-    init_tracing();
+    // Dropped when `serve` returns, which flushes every queued log line before exit.
+    let _log_guard = init_tracing(!opts.daemon);
     let loaded = match path {
         Some(p) => config::load(p).map(|c| (c, p.display().to_string())),
         None if Path::new(DEFAULT_CONFIG).exists() => {

@@ -4,6 +4,7 @@
 //! address, and hands control to Pingora (signals, graceful upgrade, worker threads).
 
 use pingora::prelude::*;
+use pingora::server::RunArgs;
 use pingora::server::configuration::{Opt, ServerConf};
 
 use crate::config::Config;
@@ -24,7 +25,8 @@ pub enum ServeError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Runs the gateway until Pingora shuts it down; does not return on success.
+/// Runs the gateway until Pingora shuts it down (SIGTERM, SIGINT, or SIGQUIT after a graceful
+/// upgrade) and returns once the services have drained, so the caller can flush its logs.
 pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     Metrics::init()?;
     let listen = config.server.listen.clone();
@@ -55,5 +57,8 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
         server.add_service(metrics);
     }
     tracing::info!(listen = ?listen, "switchyard serving");
-    server.run_forever()
+    // `run`, not `run_forever`: the latter ends in `process::exit`, which would skip the log
+    // writer's final flush.
+    server.run(RunArgs::default());
+    Ok(())
 }

@@ -376,6 +376,20 @@ impl Checker<'_> {
         }
     }
 
+    /// A credential goes into an `authorization` header: it must be visible ASCII without
+    /// spaces, or it could split the request head. The message never quotes the value.
+    fn header_safe_key(&mut self, path: &KeyPath, key: &SecretString) -> bool {
+        let value = key.expose();
+        if !value.is_empty() && value.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return true;
+        }
+        self.at_value(
+            path,
+            "`api_key`: the key must be printable ASCII without spaces or line breaks",
+        );
+        false
+    }
+
     fn model_name(&mut self, path: &KeyPath, name: &str, at_key: bool) -> bool {
         if valid_model_name(name) {
             return true;
@@ -424,7 +438,8 @@ impl Checker<'_> {
         let api_key_path = path.key("api_key");
         let api_key = raw
             .api_key
-            .and_then(|secret| self.secret(&api_key_path, &secret));
+            .and_then(|secret| self.secret(&api_key_path, &secret))
+            .filter(|key| self.header_safe_key(&api_key_path, key));
         let health_path = path.key("health_check");
         let health_check = raw
             .health_check
@@ -911,6 +926,15 @@ models:
   m:
     targets: [{ provider: p, model: up }]
 ";
+
+    #[test]
+    fn api_key_that_could_split_a_header_is_an_error_that_does_not_quote_it() {
+        let text = BASE.replace("    endpoints:", "    api_key: \"sk-a b\"\n    endpoints:");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("printable ASCII"), "{errs:?}");
+        assert!(!errs[0].contains("sk-a b"), "{errs:?}");
+    }
 
     fn secrets() -> SecretSource {
         let vars = HashMap::from([("CANARY".to_owned(), "canary-env-3a9f".to_owned())]);

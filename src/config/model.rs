@@ -265,8 +265,8 @@ impl Endpoint {
     /// meaning for a base URL.
     pub fn parse(url: &str) -> Result<Self, ValueError> {
         let fail = ValueError::Endpoint;
-        if url.chars().any(char::is_whitespace) {
-            return Err(fail("whitespace is not allowed"));
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(fail("whitespace and control characters are not allowed"));
         }
         if url.contains(['?', '#']) {
             return Err(fail("a query or fragment is not allowed"));

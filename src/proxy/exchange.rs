@@ -2,8 +2,9 @@
 //!
 //! Why not Pingora's normal phases: a body read in `request_filter` cannot be forwarded past
 //! 64 KiB (cloudflare/pingora#575, #780), and Pingora cannot retry on an upstream status
-//! (cloudflare/pingora#873). So the exchange sends the request itself through Pingora's
-//! pooled `Connector` and writes the response with `write_response_header/body`. The steps
+//! (cloudflare/pingora#873). So the exchange sends the request itself over Pingora's pooled
+//! connections (`upstream::UpstreamPool`) and writes the response with
+//! `write_response_header/body`. The steps
 //! mirror the phases they stand in for (pick ≈ `upstream_peer`, build ≈
 //! `upstream_request_filter`, commit ≈ `response_filter`, stream ≈ `response_body_filter`).
 
@@ -11,8 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use tokio::time::timeout_at;
@@ -29,7 +28,7 @@ use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
 use crate::routing::HeaderLookup;
 use crate::state::LiveState;
-use crate::upstream::ResolvedEndpoint;
+use crate::upstream::{ResolvedEndpoint, SendError, UpstreamPool};
 
 /// Non-stream responses are buffered (for usage and the `model` rewrite) up to this size.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -57,14 +56,14 @@ impl From<GatewayError> for Stop {
 
 /// Runs one exchange and writes whatever the client gets.
 pub async fn serve(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestCtx,
     state: Arc<LiveState>,
     op: Operation,
 ) -> Result<()> {
     ctx.exchange = true;
-    let result = run(connector, session, ctx, &state, op).await;
+    let result = run(pool, session, ctx, &state, op).await;
     match result {
         Ok(()) => Ok(()),
         Err(Stop::Error(err)) if !ctx.bytes_sent => respond::send_error(session, ctx, err).await,
@@ -84,7 +83,7 @@ pub async fn serve(
 }
 
 async fn run(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestCtx,
     state: &LiveState,
@@ -113,7 +112,7 @@ async fn run(
         let Some(upstream) = state.upstreams.provider(&candidate.target.provider) else {
             continue;
         };
-        let upstream_body = Bytes::from(req.upstream_body(&candidate.target.model)?);
+        let upstream_body = req.upstream_body(&candidate.target.model)?;
         for ep in upstream.endpoints_in_turn() {
             if ctx.attempts as usize >= MAX_ATTEMPTS {
                 break 'candidates;
@@ -122,17 +121,15 @@ async fn run(
             ctx.model = Some(candidate.model.name.clone());
             ctx.provider = Some(ep.provider.clone());
             ctx.endpoint = Some(ep.url.clone());
-            let header = upstream_header(
-                ctx,
-                op,
-                &req,
-                ep,
-                upstream.api_key.as_ref().map(|k| k.expose()),
-                upstream_body.len(),
-            )?;
+            let request = ep.head.request(
+                op.upstream_path(),
+                req.stream,
+                &ctx.request_id,
+                &upstream_body,
+            );
             let outcome = tokio::select! {
                 biased;
-                r = attempt(connector, ep, timeouts, deadline, header, upstream_body.clone()) => r,
+                r = attempt(pool, ep, timeouts, deadline, &request) => r,
                 _ = client_gone(session) => return Err(Stop::ClientGone),
             };
             match outcome {
@@ -144,7 +141,7 @@ async fn run(
                         model: candidate.model,
                         deadline,
                     };
-                    return commit(connector, session, ctx, &req, answer).await;
+                    return commit(pool, session, ctx, &req, answer).await;
                 }
                 Err(failure) => {
                     count_attempt(&ep.provider, failure.outcome_label());
@@ -210,39 +207,6 @@ async fn client_gone(session: &mut Session) {
     }
 }
 
-/// The upstream request header, built fresh: nothing from the client's headers is copied,
-/// so client credentials and hop-by-hop headers never reach an upstream (reliability E5).
-fn upstream_header(
-    ctx: &RequestCtx,
-    op: Operation,
-    req: &ChatRequest,
-    ep: &ResolvedEndpoint,
-    api_key: Option<&str>,
-    len: usize,
-) -> Result<RequestHeader, GatewayError> {
-    let build = || -> Result<RequestHeader> {
-        let path = format!("{}{}", ep.base_path, op.upstream_path());
-        let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
-        h.insert_header("host", ep.authority.as_str())?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", len.to_string())?;
-        let accept = if req.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        h.insert_header("accept", accept)?;
-        h.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(key) = api_key {
-            h.insert_header("authorization", format!("Bearer {key}"))?;
-        }
-        Ok(h)
-    };
-    // Every value above is a validated config value or a generated id; a failure here is a
-    // bug (or a credential with a control character), never the client's fault.
-    build().map_err(|_| GatewayError::Internal)
-}
-
 /// How one attempt failed, before anything reached the client.
 enum Failure {
     Connect,
@@ -298,38 +262,34 @@ impl Failure {
     }
 }
 
-/// Connects (pooled), sends header and body, and reads the response header within
+/// Sends `request` on a pooled connection and reads the response header within
 /// `first_byte`. A 2xx hands back the live upstream session; anything else is a `Failure`.
 async fn attempt(
-    connector: &Connector,
+    pool: &UpstreamPool,
     ep: &ResolvedEndpoint,
     timeouts: &Timeouts,
     total_deadline: Instant,
-    header: RequestHeader,
-    body: Bytes,
+    request: &[u8],
 ) -> Result<(HttpSession, pingora::upstreams::peer::HttpPeer), Failure> {
     let peer = ep.peer(timeouts);
     let deadline =
         tokio::time::Instant::from_std(total_deadline.min(Instant::now() + timeouts.first_byte));
-    let (mut up, reused) = match timeout_at(deadline, connector.get_http_session(&peer)).await {
-        Err(_) => return Err(Failure::Timeout),
-        Ok(Err(_)) => return Err(Failure::Connect),
-        Ok(Ok(s)) => s,
-    };
-    // The connector does not carry the peer's read/write timeouts over to the session (the
-    // proxy phases set them themselves), so apply `idle` here: it bounds every read.
+    let (mut up, reused) =
+        match timeout_at(deadline, pool.send(&peer, request, timeouts.idle)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(SendError::Connect)) => return Err(Failure::Connect),
+            // A pooled connection the upstream closed while idle: the request never ran, so it
+            // is a connect failure and safe to retry.
+            Ok(Err(SendError::Write { reused: true })) => return Err(Failure::Connect),
+            Ok(Err(SendError::Write { reused: false })) => return Err(Failure::Protocol),
+            Ok(Ok(s)) => s,
+        };
+    // `idle` bounds every read of the response (Pingora's read timeout resets per read).
     up.set_read_timeout(Some(timeouts.idle));
-    up.set_write_timeout(Some(timeouts.idle));
-    let exchange = async {
-        up.write_request_header(Box::new(header)).await?;
-        up.write_request_body(body, true).await?;
-        up.finish_request_body().await?;
-        up.read_response_header().await
-    };
-    match timeout_at(deadline, exchange).await {
+    match timeout_at(deadline, up.read_response_header()).await {
         Err(_) => return Err(Failure::Timeout),
-        // A pooled connection the upstream closed while idle fails before any response:
-        // the request never ran, so it is a connect failure and safe to retry.
+        // Closed without a response on a pooled connection: as above, the upstream dropped
+        // it while idle.
         Ok(Err(e)) if reused && e.etype() != &ErrorType::ReadTimedout => {
             return Err(Failure::Connect);
         }
@@ -399,7 +359,7 @@ struct Answer<'a> {
 
 /// The response committed to the client: buffered JSON, or an SSE stream.
 async fn commit(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &ChatRequest,
@@ -411,14 +371,14 @@ async fn commit(
         .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if req.stream && is_sse {
-        stream(connector, session, ctx, req, answer).await
+        stream(pool, session, ctx, req, answer).await
     } else {
-        buffered(connector, session, ctx, req, answer).await
+        buffered(pool, session, ctx, req, answer).await
     }
 }
 
 async fn buffered(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &ChatRequest,
@@ -461,9 +421,7 @@ async fn buffered(
         }
     };
     settle(ctx, model, usage, source);
-    connector
-        .release_http_session(up, &peer, peer.options.idle_timeout)
-        .await;
+    pool.release(up, &peer).await;
     let h = respond::header(200, "application/json", ctx).map_err(|_| GatewayError::Internal)?;
     respond::send_body(session, ctx, h, Bytes::from(top.to_vec()))
         .await
@@ -478,7 +436,7 @@ enum StreamEnd {
 }
 
 async fn stream(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &ChatRequest,
@@ -513,7 +471,7 @@ async fn stream(
     let result = match end {
         StreamEnd::Done => {
             let _ = session.write_response_body(None, true).await;
-            linger_and_release(connector, up, &peer).await;
+            linger_and_release(pool, up, &peer).await;
             Ok(())
         }
         StreamEnd::ClientGone => {
@@ -651,7 +609,7 @@ fn forward_event(
 /// After `[DONE]` the upstream's chunked body usually ends within the same packet; wait a
 /// moment for it so the connection can go back to the pool, else close it.
 async fn linger_and_release(
-    connector: &Connector,
+    pool: &UpstreamPool,
     mut up: HttpSession,
     peer: &pingora::upstreams::peer::HttpPeer,
 ) {
@@ -666,9 +624,7 @@ async fn linger_and_release(
             }
         }
     }
-    connector
-        .release_http_session(up, peer, peer.options.idle_timeout)
-        .await;
+    pool.release(up, peer).await;
 }
 
 fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource) {

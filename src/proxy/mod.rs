@@ -14,19 +14,19 @@ pub mod respond;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 
 use crate::api::models;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::state::SharedState;
+use crate::upstream::UpstreamPool;
 use ctx::RequestCtx;
 use dispatch::Handler;
 
 pub struct Gateway {
     state: SharedState,
-    connector: Connector,
+    pool: UpstreamPool,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
     metrics_only: bool,
 }
@@ -35,7 +35,7 @@ impl Gateway {
     pub fn new(state: SharedState) -> Gateway {
         Gateway {
             state,
-            connector: Connector::new(None),
+            pool: UpstreamPool::new(),
             metrics_only: false,
         }
     }
@@ -93,9 +93,7 @@ impl ProxyHttp for Gateway {
             }
         };
         match handler {
-            Handler::Exchange(op) => {
-                exchange::serve(&self.connector, session, ctx, state, op).await?
-            }
+            Handler::Exchange(op) => exchange::serve(&self.pool, session, ctx, state, op).await?,
             Handler::ListModels => {
                 let body = models::list(&state.config, state.built_at);
                 send_json(session, ctx, body).await?;

@@ -6,6 +6,8 @@
 //! (pingora-core `upstreams/peer.rs`); the request path only ever sees `SocketAddr`s.
 
 pub mod peer;
+pub mod pool;
+pub mod request;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,13 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::{Config, ProviderKind, SecretString};
 
 pub use peer::ResolvedEndpoint;
+pub use pool::{SendError, UpstreamPool};
 
-/// One provider's reachable endpoints and its credential.
+/// One provider's reachable endpoints (each carrying the provider's credential in its
+/// request head template).
 #[derive(Debug)]
 pub struct ProviderUpstream {
     pub name: String,
     pub endpoints: Vec<ResolvedEndpoint>,
-    pub api_key: Option<SecretString>,
     next: AtomicUsize,
 }
 
@@ -51,19 +54,18 @@ impl Upstreams {
             .providers
             .values()
             .map(|p| {
-                let (endpoints, api_key) = match &p.kind {
-                    ProviderKind::OpenAi(o) => (
+                let endpoints = match &p.kind {
+                    ProviderKind::OpenAi(o) => {
+                        let key = o.api_key.as_ref().map(SecretString::expose);
                         o.endpoints
                             .iter()
-                            .filter_map(|e| ResolvedEndpoint::resolve(&p.name, e))
-                            .collect(),
-                        o.api_key.clone(),
-                    ),
+                            .filter_map(|e| ResolvedEndpoint::resolve(&p.name, e, key))
+                            .collect()
+                    }
                 };
                 let upstream = ProviderUpstream {
                     name: p.name.clone(),
                     endpoints,
-                    api_key,
                     next: AtomicUsize::new(0),
                 };
                 (p.name.clone(), upstream)

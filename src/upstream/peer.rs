@@ -8,6 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Endpoint, Timeouts};
+use crate::upstream::request::HeadTemplate;
 
 /// One endpoint of a provider, ready to connect to.
 #[derive(Debug, Clone)]
@@ -21,13 +22,18 @@ pub struct ResolvedEndpoint {
     pub host: String,
     /// `host` or `host:port` when the port is not the scheme's default.
     pub authority: String,
-    /// Path prefix such as `/v1`, without a trailing slash.
-    pub base_path: String,
+    /// The checked, pre-serialised part of every request head to this endpoint.
+    pub head: HeadTemplate,
 }
 
 impl ResolvedEndpoint {
-    /// Resolves the endpoint's host; runs at state build time, off the request path.
-    pub fn resolve(provider: &str, e: &Endpoint) -> Option<ResolvedEndpoint> {
+    /// Resolves the endpoint's host and builds its request head template; runs at state
+    /// build time, off the request path.
+    pub fn resolve(
+        provider: &str,
+        e: &Endpoint,
+        api_key: Option<&str>,
+    ) -> Option<ResolvedEndpoint> {
         let addr = match (e.host.as_str(), e.port).to_socket_addrs() {
             Ok(mut addrs) => addrs.next(),
             Err(err) => {
@@ -47,6 +53,13 @@ impl ResolvedEndpoint {
         } else {
             format!("{host}:{}", e.port)
         };
+        let head = match HeadTemplate::new(&authority, &e.base_path, api_key) {
+            Ok(head) => head,
+            Err(err) => {
+                tracing::warn!(provider, endpoint = %e.url, error = %err, "endpoint left out");
+                return None;
+            }
+        };
         Some(ResolvedEndpoint {
             provider: provider.to_string(),
             url: e.url.clone(),
@@ -54,7 +67,7 @@ impl ResolvedEndpoint {
             tls: e.tls,
             host: e.host.clone(),
             authority,
-            base_path: e.base_path.clone(),
+            head,
         })
     }
 
