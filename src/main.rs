@@ -10,6 +10,12 @@ use switchyard::config;
 use switchyard::server::{self, ServeOptions};
 use tracing_appender::non_blocking::WorkerGuard;
 
+/// mimalloc instead of glibc malloc: the request path allocates many small, short-lived
+/// buffers across worker threads, where glibc's arenas showed up as ~9 % of the gateway's
+/// CPU in the overhead benchmark (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Log lines that may wait for the writer thread before a logging thread blocks.
 const LOG_QUEUE_LINES: usize = 16 * 1024;
 /// The writer thread's buffer; it is flushed whenever the queue runs empty.
