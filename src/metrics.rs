@@ -22,6 +22,10 @@ pub struct Metrics {
     pub cost: CounterVec,
     pub in_flight: IntGaugeVec,
     pub upstream_attempts: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub circuit_open: IntGaugeVec,
+    pub fallbacks: IntCounterVec,
+    pub config_reloads: IntCounterVec,
 }
 
 /// Latency buckets from 1 ms to 10 min: LLM requests span five orders of magnitude.
@@ -88,6 +92,31 @@ impl Metrics {
                 ),
                 &["provider", "outcome"],
             )?,
+            backend_up: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_backend_up",
+                    "1 while an endpoint may take requests (healthy and not cooling down)",
+                ),
+                &["provider", "endpoint"],
+            )?,
+            circuit_open: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_circuit_open",
+                    "1 while an endpoint's circuit is open after failures",
+                ),
+                &["provider", "endpoint"],
+            )?,
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_fallbacks_total",
+                    "Requests served by a fallback model instead of the one resolved",
+                ),
+                &["model", "fallback"],
+            )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new("switchyard_config_reloads_total", "Config reloads by result"),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -96,6 +125,10 @@ impl Metrics {
         registry.register(Box::new(m.cost.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.upstream_attempts.clone()))?;
+        registry.register(Box::new(m.backend_up.clone()))?;
+        registry.register(Box::new(m.circuit_open.clone()))?;
+        registry.register(Box::new(m.fallbacks.clone()))?;
+        registry.register(Box::new(m.config_reloads.clone()))?;
         Ok(m)
     }
 

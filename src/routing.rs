@@ -1,17 +1,24 @@
 //! Model routing: `routes` (first match) → aliases → model → ordered attempt candidates.
 //!
 //! Called from the exchange's route step (request_filter, after the body is parsed). The
-//! resolved model, not the requested name, is what later issues authorise and bill.
+//! resolved model, not the requested name, is what later issues authorise and bill. Each
+//! model's targets are ordered by its `balance` strategy (`balance`) from the live load of
+//! their providers (`upstream`); targets with no endpoint able to take an attempt are left
+//! out, so a dead backend costs no attempt.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::config::{Config, Model, Target};
+use crate::balance::{self, Load};
+use crate::config::{Balance, Config, Model, Target};
 use crate::error::GatewayError;
+use crate::upstream::Upstreams;
 
-/// Per-model round-robin cursors, rebuilt with each `LiveState`.
+/// Per-model request counters (they rotate round robin and ties), rebuilt with each
+/// `LiveState`.
 pub struct Router {
-    cursors: HashMap<String, AtomicUsize>,
+    ticks: HashMap<String, AtomicUsize>,
 }
 
 /// One upstream attempt candidate: a model's target.
@@ -26,6 +33,9 @@ pub struct Candidate<'a> {
 pub struct Plan<'a> {
     pub model: &'a Model,
     pub candidates: Vec<Candidate<'a>>,
+    /// When no candidate is available because every endpoint is cooling down: how soon the
+    /// first comes back (the 503's `Retry-After`).
+    pub soonest_back: Option<Duration>,
 }
 
 /// Header lookup for route rules, so routing does not depend on Pingora's types.
@@ -35,48 +45,98 @@ pub trait HeaderLookup {
 
 impl Router {
     pub fn new(config: &Config) -> Router {
-        let cursors = config
+        let ticks = config
             .models
             .keys()
             .map(|m| (m.clone(), AtomicUsize::new(0)))
             .collect();
-        Router { cursors }
+        Router { ticks }
     }
 
     /// Resolves `requested` to a configured model and lists the attempt candidates: the
-    /// model's targets starting at its round-robin cursor, then each fallback model's.
+    /// model's available targets in its balance order, then each fallback model's.
     pub fn plan<'a>(
         &self,
         config: &'a Config,
         requested: &str,
         headers: &dyn HeaderLookup,
+        upstreams: &Upstreams,
+        now: Instant,
     ) -> Result<Plan<'a>, GatewayError> {
         let name = resolve_name(config, requested, headers).ok_or(GatewayError::ModelNotFound)?;
         let model = config.models.get(name).ok_or(GatewayError::ModelNotFound)?;
-        let mut candidates = self.targets_in_turn(model);
-        for fallback in &model.fallbacks {
-            if let Some(fb) = config.models.get(fallback) {
-                candidates.extend(self.targets_in_turn(fb));
-            }
+        let mut candidates = Vec::with_capacity(model.targets.len());
+        let chain = std::iter::once(model)
+            .chain(model.fallbacks.iter().filter_map(|f| config.models.get(f)));
+        for m in chain.clone() {
+            self.push_in_order(m, headers, upstreams, now, &mut candidates);
         }
-        Ok(Plan { model, candidates })
+        let soonest_back = if candidates.is_empty() {
+            chain
+                .flat_map(|m| &m.targets)
+                .filter_map(|t| upstreams.provider(&t.provider)?.soonest_back(now))
+                .min()
+        } else {
+            None
+        };
+        Ok(Plan {
+            model,
+            candidates,
+            soonest_back,
+        })
     }
 
-    fn targets_in_turn<'a>(&self, model: &'a Model) -> Vec<Candidate<'a>> {
-        let n = model.targets.len();
-        let start = self
-            .cursors
+    fn push_in_order<'a>(
+        &self,
+        model: &'a Model,
+        headers: &dyn HeaderLookup,
+        upstreams: &Upstreams,
+        now: Instant,
+        out: &mut Vec<Candidate<'a>>,
+    ) {
+        let tick = self
+            .ticks
             .get(&model.name)
-            .map(|c| c.fetch_add(1, Ordering::Relaxed))
-            .unwrap_or(0)
-            % n.max(1);
-        (0..n)
-            .map(|i| Candidate {
-                model,
-                target: &model.targets[(start + i) % n],
-            })
-            .collect()
+            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
+        let loads: Vec<Load> = model
+            .targets
+            .iter()
+            .map(|t| target_load(t, upstreams, now))
+            .collect();
+        let affinity = (model.balance == Balance::HashKey)
+            .then(|| client_key(headers))
+            .flatten();
+        out.extend(
+            balance::order(model.balance, &loads, tick, affinity)
+                .into_iter()
+                .map(|i| Candidate {
+                    model,
+                    target: &model.targets[i],
+                }),
+        );
     }
+}
+
+fn target_load(t: &Target, upstreams: &Upstreams, now: Instant) -> Load {
+    let (in_flight, latency_us, available) = upstreams
+        .provider(&t.provider)
+        .map_or((0, 0, false), |p| p.load(now));
+    Load {
+        weight: t.weight,
+        in_flight,
+        latency_us,
+        available,
+        id: balance::stable_hash(&[t.provider.as_bytes(), t.model.as_bytes()]),
+    }
+}
+
+/// The client's credential, hashed, for `hash_key` affinity: the same key lands on the same
+/// target (and its KV cache) while that target is available.
+fn client_key(headers: &dyn HeaderLookup) -> Option<u64> {
+    headers
+        .header(&http::header::AUTHORIZATION)
+        .or_else(|| headers.header(&http::HeaderName::from_static("x-api-key")))
+        .map(|v| balance::stable_hash(&[v]))
 }
 
 /// Route rules first (first match wins), then aliases, then model names. Names are

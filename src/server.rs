@@ -11,6 +11,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::state::{self, LiveState};
+use crate::upstream::UpstreamRegistry;
+use crate::upstream::health::HealthService;
 
 /// How `serve` was asked to run.
 #[derive(Debug, Default, Clone)]
@@ -45,12 +47,17 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let metrics_listen = config.server.metrics_listen;
-    let shared = state::shared(LiveState::build(config));
+    let registry = std::sync::Arc::new(UpstreamRegistry::default());
+    let shared = state::shared(LiveState::build(config, &registry));
     let mut proxy = http_proxy_service(&server.configuration, Gateway::new(shared.clone()));
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    server.add_service(background_service(
+        "health checks",
+        HealthService::new(shared.clone()),
+    ));
     if let Some(addr) = metrics_listen {
         let mut metrics = http_proxy_service(&server.configuration, Gateway::metrics_only(shared));
         metrics.add_tcp(&addr.to_string());

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::routing::Router;
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamRegistry, Upstreams};
 
 pub struct LiveState {
     pub config: Arc<Config>,
@@ -22,11 +22,13 @@ pub struct LiveState {
 }
 
 impl LiveState {
-    pub fn build(config: Config) -> LiveState {
+    /// Builds the state for `config`, reusing the upstreams of unchanged providers from
+    /// `registry`. Resolves hostnames (blocking): call off the request path.
+    pub fn build(config: Config, registry: &UpstreamRegistry) -> LiveState {
         let config = Arc::new(config);
         LiveState {
             router: Router::new(&config),
-            upstreams: Upstreams::build(&config),
+            upstreams: registry.build(&config),
             built_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())

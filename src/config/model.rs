@@ -89,7 +89,7 @@ pub enum ProviderKind {
     OpenAi(OpenAiProvider),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenAiProvider {
     pub endpoints: Vec<Endpoint>,
     pub api_key: Option<SecretString>,

@@ -28,7 +28,7 @@ use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
 use crate::routing::HeaderLookup;
 use crate::state::LiveState;
-use crate::upstream::{ResolvedEndpoint, SendError, UpstreamPool};
+use crate::upstream::{InFlightGuard, ResolvedEndpoint, SendError, UpstreamPool, Verdict};
 
 /// Non-stream responses are buffered (for usage and the `model` rewrite) up to this size.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -99,21 +99,28 @@ async fn run(
     let req = ChatRequest::parse(op, &body)?;
     ctx.model_requested = Some(req.model.clone());
     ctx.stream = req.stream;
-    let plan = state
-        .router
-        .plan(config, &req.model, &SessionHeaders(session))?;
+    let plan = state.router.plan(
+        config,
+        &req.model,
+        &SessionHeaders(session),
+        &state.upstreams,
+        Instant::now(),
+    )?;
     ctx.model = Some(plan.model.name.clone());
     let _in_flight = InFlight::start(&plan.model.name);
 
     let timeouts = &config.server.timeouts;
     let deadline = ctx.started + timeouts.total;
-    let mut last_err = GatewayError::BackendUnavailable { retry_after: None };
+    let mut last_err = GatewayError::BackendUnavailable {
+        retry_after: plan.soonest_back,
+    };
     'candidates: for candidate in &plan.candidates {
         let Some(upstream) = state.upstreams.provider(&candidate.target.provider) else {
             continue;
         };
         let upstream_body = req.upstream_body(&candidate.target.model)?;
-        for ep in upstream.endpoints_in_turn() {
+        let mut tried = Vec::new();
+        while let Some(ep) = upstream.pick(&mut tried, Instant::now()) {
             if ctx.attempts as usize >= MAX_ATTEMPTS {
                 break 'candidates;
             }
@@ -127,6 +134,8 @@ async fn run(
                 &ctx.request_id,
                 &upstream_body,
             );
+            let on_endpoint = ep.state.start();
+            let sent = Instant::now();
             let outcome = tokio::select! {
                 biased;
                 r = attempt(pool, ep, timeouts, deadline, &request) => r,
@@ -134,18 +143,26 @@ async fn run(
             };
             match outcome {
                 Ok((up, peer)) => {
+                    ep.state.record(Verdict::Ok {
+                        latency: sent.elapsed(),
+                    });
                     count_attempt(&ep.provider, "ok");
+                    if candidate.model.name != plan.model.name {
+                        count_fallback(&plan.model.name, &candidate.model.name);
+                    }
                     let answer = Answer {
                         up,
                         peer,
                         model: candidate.model,
                         deadline,
+                        on_endpoint,
                     };
                     return commit(pool, session, ctx, &req, answer).await;
                 }
                 Err(failure) => {
+                    ep.state.record(failure.verdict());
                     count_attempt(&ep.provider, failure.outcome_label());
-                    tracing::debug!(request_id = %ctx.request_id, provider = %ep.provider, outcome = failure.outcome_label(), "upstream attempt failed");
+                    tracing::debug!(request_id = %ctx.request_id, provider = %ep.provider, endpoint = %ep.url, outcome = failure.outcome_label(), "upstream attempt failed");
                     let retry = failure.retryable(candidate.model);
                     last_err = failure.into_error();
                     if !retry {
@@ -238,6 +255,24 @@ impl Failure {
             Failure::Timeout => model.retry_on.timeout,
             Failure::Status { code, .. } => model.retry_on.statuses.contains(code),
             Failure::Protocol => false,
+        }
+    }
+
+    /// What the failure says about the endpoint's health (see `upstream::circuit`): a
+    /// refused connection, 429 or 503 sidelines it at once; timeouts, other 5xx and broken
+    /// responses count towards its circuit; a client 4xx says nothing.
+    fn verdict(&self) -> Verdict {
+        match self {
+            Failure::Connect => Verdict::CoolNow { retry_after: None },
+            Failure::Status {
+                code: 429 | 503,
+                retry_after,
+                ..
+            } => Verdict::CoolNow {
+                retry_after: *retry_after,
+            },
+            Failure::Status { code, .. } if *code < 500 => Verdict::Neutral,
+            Failure::Timeout | Failure::Protocol | Failure::Status { .. } => Verdict::Strike,
         }
     }
 
@@ -355,6 +390,8 @@ struct Answer<'a> {
     /// The model whose target answered (its pricing bills the request).
     model: &'a Model,
     deadline: Instant,
+    /// Counts the request on its endpoint until the response is done.
+    on_endpoint: InFlightGuard,
 }
 
 /// The response committed to the client: buffered JSON, or an SSE stream.
@@ -389,6 +426,7 @@ async fn buffered(
         peer,
         model,
         deadline,
+        on_endpoint: _on_endpoint,
     } = answer;
     let deadline = tokio::time::Instant::from_std(deadline);
     let body = tokio::select! {
@@ -447,6 +485,7 @@ async fn stream(
         peer,
         model,
         deadline,
+        on_endpoint,
     } = answer;
     let mut h =
         respond::header(200, "text/event-stream", ctx).map_err(|_| GatewayError::Internal)?;
@@ -480,6 +519,8 @@ async fn stream(
             Err(Stop::ClientGone)
         }
         StreamEnd::Failed(err) => {
+            // The upstream broke a stream it had started: a strike against its health.
+            on_endpoint.state().record(Verdict::Strike);
             up.shutdown().await;
             drop(up);
             let _ = session
@@ -645,6 +686,12 @@ fn count_attempt(provider: &str, outcome: &str) {
         m.upstream_attempts
             .with_label_values(&[provider, outcome])
             .inc();
+    }
+}
+
+fn count_fallback(model: &str, fallback: &str) {
+    if let Some(m) = Metrics::get() {
+        m.fallbacks.with_label_values(&[model, fallback]).inc();
     }
 }
 

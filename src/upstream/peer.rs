@@ -4,10 +4,12 @@
 //! on the request path: see the module note in `upstream/mod.rs`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Endpoint, Timeouts};
+use crate::upstream::circuit::EndpointState;
 use crate::upstream::request::HeadTemplate;
 
 /// One endpoint of a provider, ready to connect to.
@@ -24,6 +26,8 @@ pub struct ResolvedEndpoint {
     pub authority: String,
     /// The checked, pre-serialised part of every request head to this endpoint.
     pub head: HeadTemplate,
+    /// In flight, latency and cool-down; shared with every config that has this endpoint.
+    pub state: Arc<EndpointState>,
 }
 
 impl ResolvedEndpoint {
@@ -33,6 +37,7 @@ impl ResolvedEndpoint {
         provider: &str,
         e: &Endpoint,
         api_key: Option<&str>,
+        state: Arc<EndpointState>,
     ) -> Option<ResolvedEndpoint> {
         let addr = match (e.host.as_str(), e.port).to_socket_addrs() {
             Ok(mut addrs) => addrs.next(),
@@ -68,6 +73,7 @@ impl ResolvedEndpoint {
             host: e.host.clone(),
             authority,
             head,
+            state,
         })
     }
 
