@@ -73,7 +73,10 @@ fn weighted_first(ids: &mut [usize], loads: &[Load], tick: usize) {
 fn least_pending_first(ids: &mut [usize], loads: &[Load], tick: usize) {
     ids.sort_unstable_by_key(|&i| (loads[i].in_flight, i));
     let least = loads[ids[0]].in_flight;
-    let ties = ids.iter().take_while(|&&i| loads[i].in_flight == least).count();
+    let ties = ids
+        .iter()
+        .take_while(|&&i| loads[i].in_flight == least)
+        .count();
     ids[..ties].rotate_left(tick % ties);
 }
 
@@ -81,7 +84,11 @@ fn least_pending_first(ids: &mut [usize], loads: &[Load], tick: usize) {
 /// and linkerd balance): two targets drawn per request, the cheaper one first, the rest by
 /// cost. Unknown latency costs 0, so a new target is tried early and gets measured.
 fn two_choices_first(ids: &mut [usize], loads: &[Load], tick: usize) {
-    let cost = |i: usize| loads[i].latency_us.saturating_mul(loads[i].in_flight as u64 + 1);
+    let cost = |i: usize| {
+        loads[i]
+            .latency_us
+            .saturating_mul(loads[i].in_flight as u64 + 1)
+    };
     let n = ids.len();
     let draw = mix(tick as u64);
     let a = (draw % n as u64) as usize;
@@ -161,7 +168,10 @@ mod tests {
 
     #[test]
     fn round_robin_is_even() {
-        assert_eq!(firsts(Balance::RoundRobin, &loads(&[1, 1, 1]), 300), [100; 3]);
+        assert_eq!(
+            firsts(Balance::RoundRobin, &loads(&[1, 1, 1]), 300),
+            [100; 3]
+        );
     }
 
     #[test]
@@ -217,7 +227,10 @@ mod tests {
             assert_eq!(order(Balance::HashKey, &l, 7, Some(k))[0], first, "sticky");
             counts[first] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -114,7 +114,10 @@ impl Metrics {
                 &["model", "fallback"],
             )?,
             config_reloads: IntCounterVec::new(
-                Opts::new("switchyard_config_reloads_total", "Config reloads by result"),
+                Opts::new(
+                    "switchyard_config_reloads_total",
+                    "Config reloads by result",
+                ),
                 &["result"],
             )?,
         };

@@ -269,11 +269,17 @@ mod tests {
         for _ in 0..TRIP_AFTER - 1 {
             s.record(Verdict::Strike);
         }
-        assert!(s.cooling_for(Instant::now()).is_none(), "the success reset the count");
+        assert!(
+            s.cooling_for(Instant::now()).is_none(),
+            "the success reset the count"
+        );
         s.record(Verdict::Strike);
         assert!(s.cooling_for(Instant::now()).is_some());
         s.record(Verdict::Neutral);
-        assert!(s.cooling_for(Instant::now()).is_some(), "a 4xx changes nothing");
+        assert!(
+            s.cooling_for(Instant::now()).is_some(),
+            "a 4xx changes nothing"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -98,7 +98,9 @@ impl PingoraHealthCheck for EndpointProbe {
         let (mut session, _) = self.connector.get_http_session(&t.peer).await?;
         session.set_write_timeout(Some(PROBE_CONNECT));
         session.set_read_timeout(Some(self.read_timeout));
-        session.write_request_header(Box::new(t.req.clone())).await?;
+        session
+            .write_request_header(Box::new(t.req.clone()))
+            .await?;
         session.finish_request_body().await?;
         session.read_response_header().await?;
         let status = session.response_header().map(|h| h.status.as_u16());

@@ -62,11 +62,7 @@ impl std::fmt::Debug for ProviderUpstream {
 }
 
 impl ProviderUpstream {
-    fn build(
-        name: &str,
-        cfg: &OpenAiProvider,
-        states: &EndpointStates,
-    ) -> ProviderUpstream {
+    fn build(name: &str, cfg: &OpenAiProvider, states: &EndpointStates) -> ProviderUpstream {
         let key = cfg.api_key.as_ref().map(SecretString::expose);
         let mut endpoints: Vec<ResolvedEndpoint> = Vec::new();
         for e in &cfg.endpoints {
@@ -98,9 +94,7 @@ impl ProviderUpstream {
         let discovery = Static::new(backends.iter().cloned().collect::<BTreeSet<_>>());
         let mut view = Backends::new(discovery);
         let probe = cfg.health_check.as_ref().map(|hc| {
-            view.set_health_check(Box::new(health::EndpointProbe::new(
-                name, &endpoints, hc,
-            )));
+            view.set_health_check(Box::new(health::EndpointProbe::new(name, &endpoints, hc)));
             health::ProbeSchedule::new(hc.interval)
         });
         let lb = LoadBalancer::from_backends(view);

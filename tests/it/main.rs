@@ -13,6 +13,7 @@
 mod support;
 
 mod accounting;
+mod balance;
 mod cli;
 mod errors;
 mod fallback;

@@ -1,30 +1,9 @@
 //! `/metrics` (contract §5.8, §7) and secrets in observability (reliability.md D):
 //! labels carry configured names only; a provider key reaches the upstream and nothing else.
 
-use std::time::{Duration, Instant};
-
 use crate::support::gateway::{Gateway, Setup};
 use crate::support::mock_upstream::{MockUpstream, Reply};
 use crate::{bounded, chat_body};
-
-/// Polls `/metrics` until `pred` holds on its text (metrics are written in the logging
-/// phase, just after the response).
-async fn metrics_until(gw: &Gateway, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = gw.get("/metrics").await;
-        assert_eq!(r.status, 200);
-        let text = r.text();
-        if pred(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never matched; last scrape:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// The value of label `name` in a Prometheus sample line.
 fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -77,14 +56,17 @@ async fn metrics_have_configured_labels_only() {
                 .is_some_and(|v| v.starts_with("text/plain"))
         );
 
-        let text = metrics_until(&gw, |t| {
-            t.contains(r#"switchyard_requests_total{model="chat",provider="mock",status="ok"} 2"#)
-                && t.lines()
+        let text = gw
+            .metrics_until(|t| {
+                t.contains(
+                    r#"switchyard_requests_total{model="chat",provider="mock",status="ok"} 2"#,
+                ) && t
+                    .lines()
                     .filter(|l| l.starts_with("switchyard_requests_total{"))
                     .count()
                     >= 2
-        })
-        .await;
+            })
+            .await;
         assert!(
             !text.contains("bogus-model-xyz"),
             "a requested name became a label"

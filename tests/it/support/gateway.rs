@@ -350,6 +350,25 @@ impl Gateway {
         self.request("GET", path, &[], b"").await
     }
 
+    /// Polls `/metrics` until `pred` holds on its text (metrics are written in the logging
+    /// phase just after a response, gauges by a background tick); panics after 10 s.
+    pub async fn metrics_until(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.get("/metrics").await;
+            assert_eq!(r.status, 200);
+            let text = r.text();
+            if pred(&text) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "metrics never matched; last scrape:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// POSTs a JSON body with `Content-Type: application/json` and an `x-request-id`.
     pub async fn post_json(&self, path: &str, request_id: &str, body: &Value) -> Response {
         self.request(
