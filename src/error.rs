@@ -81,6 +81,10 @@ pub enum GatewayError {
     ServerShutdown,
     #[error("Internal error.")]
     Internal,
+    /// A config reload was asked for and the file was not applied; carries the file's own
+    /// errors (`FILE:LINE:COL: message`), which name keys, never secret values.
+    #[error("The config was not applied; the previous config keeps serving. {0}")]
+    ConfigNotApplied(String),
 }
 
 impl GatewayError {
@@ -106,6 +110,7 @@ impl GatewayError {
             }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ConfigNotApplied(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -141,6 +146,7 @@ impl GatewayError {
             UpstreamDisconnected => "upstream_disconnected",
             ServerShutdown => "server_shutdown",
             Internal => "internal_error",
+            ConfigNotApplied(_) => "config_invalid",
         }
     }
 

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod upstream;

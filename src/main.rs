@@ -28,7 +28,14 @@ fn main() -> ExitCode {
             config,
             upgrade,
             daemon,
-        } => serve(config.as_deref(), ServeOptions { upgrade, daemon }),
+        } => serve(
+            config.as_deref(),
+            ServeOptions {
+                upgrade,
+                daemon,
+                ..ServeOptions::default()
+            },
+        ),
         Command::Check { config } => check(&config),
         Command::HashKey => hash_key(),
     }
@@ -65,30 +72,35 @@ fn init_tracing(background: bool) -> Option<WorkerGuard> {
     Some(guard)
 }
 
-fn serve(path: Option<&Path>, opts: ServeOptions) -> ExitCode {
+fn serve(path: Option<&Path>, mut opts: ServeOptions) -> ExitCode {
     // Dropped when `serve` returns, which flushes every queued log line before exit.
     let _log_guard = init_tracing(!opts.daemon);
-    let loaded = match path {
-        Some(p) => config::load(p).map(|c| (c, p.display().to_string())),
-        None if Path::new(DEFAULT_CONFIG).exists() => {
-            config::load(Path::new(DEFAULT_CONFIG)).map(|c| (c, DEFAULT_CONFIG.to_string()))
-        }
-        None => Ok((config::embedded_default(), "<embedded>".to_string())),
+    let path = path.map(Path::to_path_buf).or_else(|| {
+        Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| DEFAULT_CONFIG.into())
+    });
+    let loaded = match &path {
+        Some(p) => std::fs::read(p)
+            .map_err(|err| config::read_error(p, &err))
+            .and_then(|bytes| config::load_bytes(p, &bytes).map(|c| (c, bytes))),
+        None => Ok((config::embedded_default(), Vec::new())),
     };
-    let (cfg, source) = match loaded {
+    let (cfg, bytes) = match loaded {
         Ok(v) => v,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
-    if source == "<embedded>" {
-        tracing::warn!(
+    match &path {
+        Some(p) => tracing::info!(config = %p.display(), "config loaded"),
+        None => tracing::warn!(
             "no config file found ({DEFAULT_CONFIG}); serving the embedded default config"
-        );
-    } else {
-        tracing::info!(config = %source, "config loaded");
+        ),
     }
+    opts.config_path = path;
+    opts.config_bytes = bytes;
     match server::run(cfg, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,13 +3,20 @@
 //! Start-up only: derives `ServerConf`, registers the proxy service on every `listen`
 //! address, and hands control to Pingora (signals, graceful upgrade, worker threads).
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use pingora::prelude::*;
+use pingora::proxy::HttpProxy;
 use pingora::server::RunArgs;
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::listening::Service;
 
 use crate::config::Config;
+use crate::config::reload::{ReloadService, Reloader};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::shutdown::{self, LateCleanup};
 use crate::state::{self, LiveState};
 use crate::upstream::UpstreamRegistry;
 use crate::upstream::health::HealthService;
@@ -19,6 +26,10 @@ use crate::upstream::health::HealthService;
 pub struct ServeOptions {
     pub upgrade: bool,
     pub daemon: bool,
+    /// The config file that was loaded (`None`: the embedded default), for reloads.
+    pub config_path: Option<PathBuf>,
+    /// Its content as loaded, so the file watch knows what is already live.
+    pub config_bytes: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +46,11 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let conf = ServerConf {
         // Two worker threads per core is Pingora's sweet spot for I/O-bound proxying.
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        grace_period_seconds: Some(5),
-        graceful_shutdown_timeout_seconds: Some(10),
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        // What is left after the drain signal (`shutdown`) is dropped; the runtimes get this
+        // long to wind down. Pingora sleeps grace *and* this (pingora#733): keep it short.
+        graceful_shutdown_timeout_seconds: Some(2),
+        upgrade_sock: config.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -47,9 +61,22 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let metrics_listen = config.server.metrics_listen;
-    let registry = std::sync::Arc::new(UpstreamRegistry::default());
+    let config_grace = config.server.grace_period;
+    let registry = Arc::new(UpstreamRegistry::default());
     let shared = state::shared(LiveState::build(config, &registry));
-    let mut proxy = http_proxy_service(&server.configuration, Gateway::new(shared.clone()));
+    let reloader = Arc::new(Reloader::new(
+        opts.config_path,
+        opts.config_bytes,
+        shared.clone(),
+        registry,
+    ));
+    let (drain_service, drain) = shutdown::drain(config_grace);
+    let mut app = HttpProxy::new(
+        Gateway::new(shared.clone(), reloader.clone(), drain),
+        server.configuration.clone(),
+    );
+    app.handle_init_modules();
+    let mut proxy = Service::new("switchyard".to_owned(), LateCleanup::new(app, config_grace));
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -57,6 +84,11 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     server.add_service(background_service(
         "health checks",
         HealthService::new(shared.clone()),
+    ));
+    server.add_service(background_service("drain", drain_service));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService::new(reloader),
     ));
     if let Some(addr) = metrics_listen {
         let mut metrics = http_proxy_service(&server.configuration, Gateway::metrics_only(shared));

@@ -240,6 +240,29 @@ impl Checker<'_> {
             metrics_listen,
             limits: self.limits(&path.key("limits"), raw.limits.unwrap_or_default()),
             timeouts: self.timeouts(&path.key("timeouts"), raw.timeouts.unwrap_or_default()),
+            grace_period: self.grace_period(&path.key("grace_period"), raw.grace_period),
+            upgrade_sock: self.upgrade_sock(&path.key("upgrade_sock"), raw.upgrade_sock),
+        }
+    }
+
+    /// Whole seconds, 1 s to 1 h: Pingora sleeps it in seconds on every graceful stop.
+    fn grace_period(&mut self, path: &KeyPath, raw: Option<Scalar>) -> Duration {
+        let d = self.duration(path, raw, Server::DEFAULT_GRACE_PERIOD);
+        if d.subsec_nanos() != 0 || d > Duration::from_secs(3600) {
+            self.at_value(path, "grace_period must be whole seconds, from 1s to 1h");
+            return Server::DEFAULT_GRACE_PERIOD;
+        }
+        d
+    }
+
+    fn upgrade_sock(&mut self, path: &KeyPath, raw: Option<String>) -> String {
+        match raw {
+            Some(p) if p.starts_with('/') => p,
+            Some(_) => {
+                self.at_value(path, "upgrade_sock must be an absolute path");
+                Server::DEFAULT_UPGRADE_SOCK.to_owned()
+            }
+            None => Server::DEFAULT_UPGRADE_SOCK.to_owned(),
         }
     }
 

@@ -8,6 +8,7 @@
 mod check;
 mod model;
 mod raw;
+pub mod reload;
 mod secret;
 mod spans;
 mod unknown;
@@ -36,13 +37,33 @@ const EMBEDDED_LABEL: &str = "<embedded>";
 /// Reads and validates the file at `path`. Relative `file:` secrets are read from the
 /// file's folder.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let bytes = std::fs::read(path).map_err(|err| read_error(path, &err))?;
+    load_bytes(path, &bytes)
+}
+
+/// Validates `bytes` as the content of the file at `path` (what a reload read).
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        let message = format!("cannot read config file: {err}");
-        ConfigError::new(&label, spans::Pos::START, message)
+    let text = std::str::from_utf8(bytes).map_err(|err| {
+        ConfigError::new(
+            &label,
+            spans::Pos::START,
+            format!("config file is not UTF-8: {err}"),
+        )
     })?;
     let base_dir = path.parent().map(Path::to_path_buf);
-    check::build(&text, &label, &SecretSource::process(base_dir))
+    check::build(text, &label, &SecretSource::process(base_dir))
+}
+
+/// The error for a config file that cannot be read.
+pub fn read_error(path: &Path, err: &std::io::Error) -> ConfigErrors {
+    let label = path.display().to_string();
+    ConfigError::new(
+        &label,
+        spans::Pos::START,
+        format!("cannot read config file: {err}"),
+    )
+    .into()
 }
 
 /// Validates config `text`; `file_label` names it in errors and in `Config::source`.
@@ -75,6 +96,8 @@ fn hand_built_default() -> Config {
             metrics_listen: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            grace_period: Server::DEFAULT_GRACE_PERIOD,
+            upgrade_sock: Server::DEFAULT_UPGRADE_SOCK.to_owned(),
         },
         providers: Default::default(),
         models: Default::default(),

@@ -34,6 +34,16 @@ pub struct Server {
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// How long requests in flight may run on after SIGTERM or SIGQUIT (contract §1);
+    /// whole seconds, as Pingora counts them.
+    pub grace_period: Duration,
+    /// The Unix socket a graceful upgrade hands the listeners over.
+    pub upgrade_sock: String,
+}
+
+impl Server {
+    pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
+    pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/switchyard_upgrade.sock";
 }
 
 /// Client-side limits (`server.limits`).

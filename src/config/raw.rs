@@ -94,6 +94,10 @@ pub struct RawServer {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    pub grace_period: Option<Scalar>,
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

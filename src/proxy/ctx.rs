@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::accounting::{Usage, UsageSource};
 use crate::error::{GatewayError, LedgerStatus};
+use crate::shutdown::Drain;
 use crate::state::LiveState;
 
 pub struct RequestCtx {
@@ -34,6 +35,8 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     /// Set once any response byte went downstream: no retry, no second header after this.
     pub bytes_sent: bool,
+    /// Fires when a graceful stop's grace period is about to end.
+    pub drain: Drain,
 }
 
 impl Default for RequestCtx {
@@ -58,6 +61,7 @@ impl Default for RequestCtx {
             cost_usd: 0.0,
             ttft: None,
             bytes_sent: false,
+            drain: Drain::default(),
         }
     }
 }

@@ -15,6 +15,8 @@ pub enum Handler {
     GetModel(String),
     Health,
     Metrics,
+    /// `POST /api/config/reload` (management plane).
+    ReloadConfig,
 }
 
 /// Resolves a request line. Query strings are not part of `path`.
@@ -27,6 +29,7 @@ pub fn dispatch(method: &http::Method, path: &str) -> Result<Handler, GatewayErr
         "/v1/models" => (Handler::ListModels, "GET"),
         "/health" => (Handler::Health, "GET"),
         "/metrics" => (Handler::Metrics, "GET"),
+        "/api/config/reload" => (Handler::ReloadConfig, "POST"),
         _ => match path.strip_prefix("/v1/models/") {
             Some(id) if !id.is_empty() => (Handler::GetModel(id.to_string()), "GET"),
             _ => return Err(GatewayError::UnknownUrl),

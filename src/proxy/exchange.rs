@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
 use crate::routing::HeaderLookup;
+use crate::shutdown::Drain;
 use crate::state::LiveState;
 use crate::upstream::{InFlightGuard, ResolvedEndpoint, SendError, UpstreamPool, Verdict};
 
@@ -139,7 +140,7 @@ async fn run(
             let outcome = tokio::select! {
                 biased;
                 r = attempt(pool, ep, timeouts, deadline, &request) => r,
-                _ = client_gone(session) => return Err(Stop::ClientGone),
+                stop = interrupted(session, &mut ctx.drain) => return Err(stop),
             };
             match outcome {
                 Ok((up, peer)) => {
@@ -221,6 +222,15 @@ async fn client_gone(session: &mut Session) {
         if session.read_body_or_idle(true).await.is_err() {
             return;
         }
+    }
+}
+
+/// Resolves when the exchange must stop waiting on its upstream: the client went away, or
+/// a graceful stop's grace period is ending (`shutdown`).
+async fn interrupted(session: &mut Session, drain: &mut Drain) -> Stop {
+    tokio::select! {
+        _ = client_gone(session) => Stop::ClientGone,
+        _ = drain.expired() => Stop::Error(GatewayError::ServerShutdown),
     }
 }
 
@@ -432,7 +442,7 @@ async fn buffered(
     let body = tokio::select! {
         biased;
         b = read_bounded(&mut up, MAX_RESPONSE_BYTES, deadline) => b,
-        _ = client_gone(session) => return Err(Stop::ClientGone),
+        stop = interrupted(session, &mut ctx.drain) => return Err(stop),
     };
     let Some(body) = body else {
         return Err(GatewayError::BadUpstreamResponse.into());
@@ -567,7 +577,10 @@ async fn pump(
         let read = tokio::select! {
             biased;
             r = timeout_at(deadline, up.read_response_body()) => r,
-            _ = client_gone(session) => return StreamEnd::ClientGone,
+            stop = interrupted(session, &mut ctx.drain) => return match stop {
+                Stop::ClientGone => StreamEnd::ClientGone,
+                Stop::Error(e) => StreamEnd::Failed(e),
+            },
         };
         let chunk = match read {
             Err(_) => return StreamEnd::Failed(GatewayError::UpstreamTimeout),

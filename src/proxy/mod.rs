@@ -12,13 +12,17 @@ pub mod exchange;
 pub mod logging;
 pub mod respond;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::prelude::*;
 
 use crate::api::models;
+use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::shutdown::Drain;
 use crate::state::SharedState;
 use crate::upstream::UpstreamPool;
 use ctx::RequestCtx;
@@ -27,15 +31,20 @@ use dispatch::Handler;
 pub struct Gateway {
     state: SharedState,
     pool: UpstreamPool,
+    /// `POST /api/config/reload`; `None` on the metrics listener.
+    reloader: Option<Arc<Reloader>>,
+    drain: Drain,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
     metrics_only: bool,
 }
 
 impl Gateway {
-    pub fn new(state: SharedState) -> Gateway {
+    pub fn new(state: SharedState, reloader: Arc<Reloader>, drain: Drain) -> Gateway {
         Gateway {
             state,
             pool: UpstreamPool::new(),
+            reloader: Some(reloader),
+            drain,
             metrics_only: false,
         }
     }
@@ -43,8 +52,11 @@ impl Gateway {
     /// The gateway for the optional own metrics listener.
     pub fn metrics_only(state: SharedState) -> Gateway {
         Gateway {
+            state,
+            pool: UpstreamPool::new(),
+            reloader: None,
+            drain: Drain::default(),
             metrics_only: true,
-            ..Gateway::new(state)
         }
     }
 }
@@ -64,6 +76,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.request_id = ctx::request_id(session.get_header("x-request-id").map(|v| v.as_bytes()));
         ctx.state = Some(self.state.load_full());
+        ctx.drain = self.drain.clone();
         Ok(())
     }
 
@@ -115,6 +128,7 @@ impl ProxyHttp for Gateway {
                 let h = respond::header(200, "text/plain; version=0.0.4", ctx)?;
                 respond::send_body(session, ctx, h, Bytes::from(Metrics::encode())).await?;
             }
+            Handler::ReloadConfig => self.reload_config(session, ctx).await?,
         }
         Ok(true)
     }
@@ -130,6 +144,33 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         logging::record(ctx, e);
+    }
+}
+
+impl Gateway {
+    /// `POST /api/config/reload`: applies the file now; 200 when the new config is live,
+    /// 422 with the file's errors (and the old config still serving) when it is not.
+    /// Admin auth comes with the governance issue; until then the gateway has no auth at all
+    /// and listens on loopback unless told otherwise (contract §2).
+    async fn reload_config(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(reloader) = &self.reloader else {
+            return respond::send_error(session, ctx, GatewayError::UnknownUrl).await;
+        };
+        match reloader.reload(Trigger::Api).await {
+            Ok(()) => {
+                let state = self.state.load();
+                let body = serde_json::json!({
+                    "status": "reloaded",
+                    "models_count": state.config.models.len(),
+                    "providers_count": state.config.providers.len(),
+                });
+                send_json(session, ctx, serde_json::to_vec(&body).unwrap_or_default()).await
+            }
+            Err(e) => {
+                respond::send_error(session, ctx, GatewayError::ConfigNotApplied(e.to_string()))
+                    .await
+            }
+        }
     }
 }
 

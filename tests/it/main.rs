@@ -18,7 +18,9 @@ mod cli;
 mod errors;
 mod fallback;
 mod harness;
+mod lifecycle;
 mod metrics;
+mod reload;
 mod routing;
 mod streaming;
 

@@ -198,6 +198,38 @@ fn capture(output: Arc<Output>, pipe: impl std::io::Read + Send + 'static) {
     });
 }
 
+/// Starts `switchyard serve -c CONFIG` (with `--upgrade` when asked) with its output captured.
+fn spawn_serve(
+    config_path: &Path,
+    cwd: &Path,
+    env: &[(String, String)],
+    upgrade: bool,
+) -> Result<(Child, Arc<Output>), String> {
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve").arg("-c").arg(config_path);
+    if upgrade {
+        cmd.arg("--upgrade");
+    }
+    cmd.current_dir(cwd)
+        .env("SWITCHYARD_LOG", "info")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin()))?;
+    let output = Arc::new(Output::default());
+    if let Some(out) = child.stdout.take() {
+        capture(output.clone(), out);
+    }
+    if let Some(err) = child.stderr.take() {
+        capture(output.clone(), err);
+    }
+    Ok((child, output))
+}
+
 impl Gateway {
     /// Starts the gateway with `setup` and waits until `GET /health` answers 200.
     pub async fn start(setup: Setup) -> Gateway {
@@ -216,27 +248,7 @@ impl Gateway {
         let dir = TempDir::new();
         let port = free_port();
         let config_path = dir.write("switchyard.yaml", &setup.yaml(port));
-        let mut cmd = Command::new(bin());
-        cmd.arg("serve")
-            .arg("-c")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .env("SWITCHYARD_LOG", "info")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &setup.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin()))?;
-        let output = Arc::new(Output::default());
-        if let Some(out) = child.stdout.take() {
-            capture(output.clone(), out);
-        }
-        if let Some(err) = child.stderr.take() {
-            capture(output.clone(), err);
-        }
+        let (child, output) = spawn_serve(&config_path, dir.path(), &setup.env, false)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut gw = Gateway {
             child,
@@ -273,6 +285,55 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Rewrites the config file the gateway watches with `setup` (same listen port), in
+    /// place, the way an editor without atomic rename saves.
+    pub fn write_config(&self, setup: &Setup) {
+        std::fs::write(&self.config_path, setup.yaml(self.addr.port())).unwrap();
+    }
+
+    /// Starts a second process on the same config with `--upgrade`: it takes this one's
+    /// listeners once this one gets SIGQUIT (Pingora's graceful upgrade).
+    pub fn spawn_upgrade(&self) -> Gateway {
+        let dir = TempDir::new();
+        let cwd = self
+            .config_path
+            .parent()
+            .unwrap_or(dir.path())
+            .to_path_buf();
+        let (child, output) = spawn_serve(&self.config_path, &cwd, &[], true).unwrap();
+        Gateway {
+            child,
+            addr: self.addr,
+            output,
+            config_path: self.config_path.clone(),
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`, `"QUIT"`) to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig}");
     }
 
     /// Everything the gateway printed so far.
