@@ -297,3 +297,50 @@ async fn reload_under_load_loses_nothing() {
     })
     .await;
 }
+
+/// A reload keeps what it did not change: a cooling endpoint stays out, and a provider that
+/// gained a `health_check` is probed from then on (the health service follows reloads).
+#[tokio::test]
+async fn unchanged_backends_keep_their_state_across_a_reload() {
+    bounded(60, async {
+        let (sick, good, c) = (
+            MockUpstream::start().await,
+            MockUpstream::start().await,
+            MockUpstream::start().await,
+        );
+        sick.set_default(Reply::status(503).retry_after(60));
+        c.respond_with(|r| (r.path == "/health").then(|| Reply::status(500)));
+        let config = |health: &str| {
+            Setup::new(format!(
+                "providers:\n  pool:\n    type: openai\n    endpoints: [\"{}\", \"{}\"]\n  pc:\n    type: openai\n    endpoints: [\"{}\"]\n{health}\nmodels:\n  chat:\n    targets:\n      - {{ provider: pool, model: m }}\n  extra:\n    targets:\n      - {{ provider: pc, model: x }}\n",
+                sick.url(),
+                good.url(),
+                c.url()
+            ))
+        };
+        let gw = Gateway::start(config("")).await;
+        let _ = served_by(&gw).await;
+        let _ = served_by(&gw).await;
+        let sick_posts = || sick.requests().iter().filter(|r| r.method == "POST").count();
+        assert_eq!(sick_posts(), 1, "cooling after its 503");
+
+        gw.write_config(&config(
+            "    health_check: { path: /health, interval: 100ms, unhealthy_after: 1, healthy_after: 1 }\n",
+        ));
+        let c_up = format!(
+            "switchyard_backend_up{{endpoint=\"{}\",provider=\"pc\"}} 0",
+            c.url()
+        );
+        gw.metrics_until(|t| t.contains(&c_up)).await;
+        for _ in 0..10 {
+            assert_eq!(served_by(&gw).await, "pool");
+        }
+        assert_eq!(sick_posts(), 1, "the cool-down survived the reload");
+        let sick_open = format!(
+            "switchyard_circuit_open{{endpoint=\"{}\",provider=\"pool\"}} 1",
+            sick.url()
+        );
+        gw.metrics_until(|t| t.contains(&sick_open)).await;
+    })
+    .await;
+}
