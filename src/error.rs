@@ -49,6 +49,8 @@ pub enum GatewayError {
     InvalidValue(&'static str),
     #[error("Invalid model name.")]
     InvalidModelName,
+    #[error("Incorrect or missing credentials.")]
+    InvalidApiKey,
     #[error("The model does not exist or you do not have access to it.")]
     ModelNotFound,
     #[error("Unknown request URL.")]
@@ -99,6 +101,7 @@ impl GatewayError {
             | BadRequest
             | ContextLengthExceeded
             | UpstreamRejected => StatusCode::BAD_REQUEST,
+            InvalidApiKey => StatusCode::UNAUTHORIZED,
             ModelNotFound | UnknownUrl => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -130,6 +133,7 @@ impl GatewayError {
             MissingParameter(_) => "missing_required_parameter",
             InvalidValue(_) => "invalid_value",
             InvalidModelName => "invalid_model_name",
+            InvalidApiKey => "invalid_api_key",
             ModelNotFound => "model_not_found",
             UnknownUrl => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",

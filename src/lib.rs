@@ -10,6 +10,7 @@
 
 pub mod accounting;
 pub mod api;
+pub mod auth;
 pub mod balance;
 pub mod cli;
 pub mod config;

@@ -226,9 +226,10 @@ impl Checker<'_> {
     fn server(&mut self, path: &KeyPath, raw: RawServer) -> Server {
         let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
         let listen = self.listen(&path.key("listen"), raw.listen, allow_unauthenticated);
-        if raw.admin_token.is_some() {
-            self.unsupported(&path.key("admin_token"), "admin_token");
-        }
+        let admin_token = raw
+            .admin_token
+            .as_ref()
+            .and_then(|t| self.admin_token(&path.key("admin_token"), t));
         let metrics_path = path.key("metrics_listen");
         let metrics_listen = raw
             .metrics_listen
@@ -236,7 +237,7 @@ impl Checker<'_> {
         Server {
             listen,
             allow_unauthenticated,
-            admin_token: None,
+            admin_token,
             metrics_listen,
             limits: self.limits(&path.key("limits"), raw.limits.unwrap_or_default()),
             timeouts: self.timeouts(&path.key("timeouts"), raw.timeouts.unwrap_or_default()),
@@ -378,6 +379,18 @@ impl Checker<'_> {
             Ok(d) => Some(d),
             Err(err) => {
                 self.at_value(path, err.to_string());
+                None
+            }
+        }
+    }
+
+    /// The admin token as its SHA-256 hex digest (`sha256:` accepted, like API keys): the
+    /// gateway compares digests and never keeps the plain token.
+    fn admin_token(&mut self, path: &KeyPath, raw: &SecretString) -> Option<SecretString> {
+        match Secret::parse_key(raw).and_then(|secret| secret.resolve_digest(self.secrets)) {
+            Ok(digest) => Some(SecretString::new(digest)),
+            Err(err) => {
+                self.at_value(path, format!("`admin_token`: {err}"));
                 None
             }
         }
@@ -1277,7 +1290,7 @@ providers:
     fn unsupported_features() {
         let text = "\
 server:
-  admin_token: canary-admin-literal
+  admin_token: \"\"
 providers:
   gpu:
     type: local
@@ -1300,7 +1313,7 @@ auth:
         assert_eq!(
             found,
             [
-                "t.yaml:2:3: `admin_token` is not supported by this build yet",
+                "t.yaml:2:16: `admin_token`: secret is empty",
                 "t.yaml:5:5: `type: local` is not supported by this build yet",
                 "t.yaml:8:5: `type: plugin` is not supported by this build yet",
                 "t.yaml:13:5: `limits` is not supported by this build yet",

@@ -29,7 +29,7 @@ pub struct Config {
 pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub allow_unauthenticated: bool,
-    /// Always `None` in this build (`server.admin_token` is reported as not supported).
+    /// The SHA-256 hex digest of `server.admin_token`, which guards the management routes.
     pub admin_token: Option<SecretString>,
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,

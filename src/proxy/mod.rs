@@ -19,6 +19,7 @@ use bytes::Bytes;
 use pingora::prelude::*;
 
 use crate::api::models;
+use crate::auth;
 use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -150,12 +151,25 @@ impl ProxyHttp for Gateway {
 impl Gateway {
     /// `POST /api/config/reload`: applies the file now; 200 when the new config is live,
     /// 422 with the file's errors (and the old config still serving) when it is not.
-    /// Admin auth comes with the governance issue; until then the gateway has no auth at all
-    /// and listens on loopback unless told otherwise (contract §2).
+    /// Needs the admin credential when `server.admin_token` is set.
     async fn reload_config(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let Some(reloader) = &self.reloader else {
             return respond::send_error(session, ctx, GatewayError::UnknownUrl).await;
         };
+        let Some(state) = ctx.state.clone() else {
+            return respond::send_error(session, ctx, GatewayError::Internal).await;
+        };
+        let headers = &session.req_header().headers;
+        let allowed = auth::admin_allowed(
+            &state.config,
+            headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            headers.get("x-api-key").map(|v| v.as_bytes()),
+        );
+        if !allowed {
+            return respond::send_error(session, ctx, GatewayError::InvalidApiKey).await;
+        }
         match reloader.reload(Trigger::Api).await {
             Ok(()) => {
                 let state = self.state.load();

@@ -57,6 +57,9 @@ pub async fn send_error(
     if let GatewayError::MethodNotAllowed { allow } = &err {
         h.insert_header("allow", *allow)?;
     }
+    if err == GatewayError::InvalidApiKey {
+        h.insert_header("www-authenticate", "Bearer")?;
+    }
     if let Some(after) = err.retry_after() {
         h.insert_header("retry-after", after.as_secs().max(1).to_string())?;
     }

@@ -344,3 +344,45 @@ async fn unchanged_backends_keep_their_state_across_a_reload() {
     })
     .await;
 }
+
+/// With `server.admin_token`, the reload route needs it: byte-identical 401s otherwise.
+#[tokio::test]
+async fn the_reload_api_needs_the_admin_token_when_one_is_set() {
+    bounded(60, async {
+        let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+        let setup = routed_to(&a, &b, "pa")
+            .server_extra("  admin_token: env:SY_ADMIN_TOKEN")
+            .env("SY_ADMIN_TOKEN", "adm-canary-7731");
+        let gw = Gateway::start(setup).await;
+        let missing = gw.request("POST", "/api/config/reload", &[], b"").await;
+        let wrong = gw
+            .request(
+                "POST",
+                "/api/config/reload",
+                &[("Authorization", "Bearer adm-canary-7730")],
+                b"",
+            )
+            .await;
+        for r in [&missing, &wrong] {
+            assert_envelope(r, 401, "invalid_request_error", "invalid_api_key", None);
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+        assert_eq!(missing.body, wrong.body, "byte-identical 401s");
+        for headers in [
+            [("Authorization", "Bearer adm-canary-7731")],
+            [("X-API-Key", "adm-canary-7731")],
+        ] {
+            let r = gw
+                .request("POST", "/api/config/reload", &headers, b"")
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let text = gw.metrics_until(|t| reloads(t, "ok") == 2).await;
+        assert_eq!(reloads(&text, "error"), 0);
+        assert!(
+            !gw.output_text().contains("adm-canary"),
+            "the token is never logged"
+        );
+    })
+    .await;
+}
