@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use switchyard::config::{self, Config};
-use switchyard::routing::{HeaderLookup, Router};
+use switchyard::routing::{Caller, HeaderLookup, Router};
 use switchyard::upstream::{UpstreamRegistry, Upstreams, Verdict};
 
 const BATCHES: usize = 15;
@@ -61,8 +61,12 @@ fn wide(balance: &str) -> String {
 /// One request's balancing work: plan, then the first attempt's pick, guard and record.
 fn one_request(config: &Config, router: &Router, upstreams: &Upstreams) -> usize {
     let now = Instant::now();
+    let caller = Caller {
+        headers: &Headers,
+        may_use: &|_: &str| true,
+    };
     let plan = router
-        .plan(config, "chat", &Headers, upstreams, now)
+        .plan(config, "chat", &caller, upstreams, now)
         .unwrap();
     let candidate = plan.candidates[0];
     let provider = upstreams.provider(&candidate.target.provider).unwrap();

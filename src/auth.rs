@@ -1,76 +1,153 @@
-//! Request authentication, run in request_filter right after dispatch: today the admin
-//! credential that guards the management routes (`server.admin_token`, contract §2). API
-//! keys and JWT join it with the governance issue.
+//! Request authentication, run in request_filter right after dispatch: the API key of data
+//! plane routes (`keys:`) and the admin credential of management routes
+//! (`server.admin_token`), per the access the route table gives each route (contract §2–§3).
 //!
-//! Without an `admin_token` nothing authenticates (contract §2: no keys means auth is off,
-//! and the config then refuses non-loopback listeners unless `allow_unauthenticated`).
+//! Without keys nothing authenticates (auth off; the config then refuses non-loopback
+//! listeners unless `allow_unauthenticated`). Keys are found by the SHA-256 digest of what
+//! the client presents — a hash-map lookup, never a comparison of secret bytes.
 
+use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{ApiKey, Config};
+use crate::error::GatewayError;
 
-/// Whether the request carries the admin credential, or none is configured. The credential
-/// comes as `Authorization: Bearer <token>` or `X-API-Key: <token>`.
-pub fn admin_allowed(
-    config: &Config,
-    authorization: Option<&[u8]>,
-    api_key: Option<&[u8]>,
-) -> bool {
-    let Some(want) = &config.server.admin_token else {
-        return true;
-    };
-    let presented = authorization
-        .and_then(|v| v.strip_prefix(b"Bearer "))
-        .or(api_key);
-    presented.is_some_and(|token| digest_matches(token, want.expose()))
+/// The credential a request presents: `Authorization: Bearer <token>` or `X-API-Key`.
+fn presented(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .or_else(|| headers.get("x-api-key").map(|v| v.as_bytes()))
+        .filter(|t| !t.is_empty())
 }
 
-/// Compares SHA-256 digests, never the secret bytes, and without an early exit, so the
-/// time taken says nothing about how much of the digest matched.
-fn digest_matches(token: &[u8], want_hex: &str) -> bool {
-    let got = hex::encode(Sha256::digest(token));
-    got.len() == want_hex.len()
-        && got
-            .bytes()
-            .zip(want_hex.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+fn digest_hex(token: &[u8]) -> String {
+    hex::encode(Sha256::digest(token))
+}
+
+/// The key a data-plane request runs as: `Ok(None)` when no keys are configured, the key
+/// when the request presents one, else `InvalidApiKey` (the same error, byte for byte, for a
+/// missing, unknown or malformed credential).
+pub fn authenticate<'c>(
+    config: &'c Config,
+    headers: &HeaderMap,
+) -> Result<Option<&'c ApiKey>, GatewayError> {
+    if config.keys.is_empty() {
+        return Ok(None);
+    }
+    let token = presented(headers).ok_or(GatewayError::InvalidApiKey)?;
+    config
+        .key_digests
+        .get(&digest_hex(token))
+        .and_then(|name| config.keys.get(name))
+        .map(Some)
+        .ok_or(GatewayError::InvalidApiKey)
+}
+
+/// Whether a management request may proceed: with `server.admin_token`, only when it
+/// presents that token; without one, only while no keys are configured (auth off).
+pub fn admin_allowed(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(want) = &config.server.admin_token else {
+        return config.keys.is_empty();
+    };
+    presented(headers).is_some_and(|token| digests_equal(&digest_hex(token), want.expose()))
+}
+
+/// Compares two digests without an early exit, so the time taken says nothing about how
+/// much matched.
+fn digests_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
+    use crate::config::{load_str, sha256_hex};
 
-    fn config(token: &str) -> Config {
-        let yaml = format!("server:\n  admin_token: {token}\n");
-        load_str(&yaml, "t.yaml").unwrap()
-    }
-
-    #[test]
-    fn no_token_configured_means_no_admin_auth() {
-        let c = load_str("server: {}\n", "t.yaml").unwrap();
-        assert!(admin_allowed(&c, None, None));
-    }
-
-    #[test]
-    fn bearer_or_x_api_key_must_match() {
-        for c in [
-            config("s3cret-admin"),
-            config(&format!(
-                "sha256:{}",
-                crate::config::sha256_hex("s3cret-admin")
-            )),
-        ] {
-            assert!(admin_allowed(&c, Some(b"Bearer s3cret-admin"), None));
-            assert!(admin_allowed(&c, None, Some(b"s3cret-admin")));
-            assert!(!admin_allowed(&c, None, None));
-            assert!(!admin_allowed(&c, Some(b"Bearer s3cret-admiN"), None));
-            assert!(
-                !admin_allowed(&c, Some(b"s3cret-admin"), None),
-                "no Bearer prefix"
-            );
-            assert!(!admin_allowed(&c, None, Some(b"")));
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
         }
+        h
+    }
+
+    fn config(extra: &str) -> Config {
+        load_str(&format!("server: {{}}\n{extra}"), "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn without_keys_auth_is_off() {
+        let c = config("");
+        assert!(authenticate(&c, &HeaderMap::new()).unwrap().is_none());
+        assert!(admin_allowed(&c, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn keys_are_found_by_digest_in_either_header() {
+        let c = config(&format!(
+            "keys:\n  a: {{ key: sk-alpha }}\n  b: {{ key: \"sha256:{}\" }}\n",
+            sha256_hex("sk-beta")
+        ));
+        let a = authenticate(&c, &headers(&[("authorization", "Bearer sk-alpha")])).unwrap();
+        assert_eq!(a.unwrap().name, "a");
+        let b = authenticate(&c, &headers(&[("x-api-key", "sk-beta")])).unwrap();
+        assert_eq!(b.unwrap().name, "b");
+        for bad in [
+            headers(&[]),
+            headers(&[("authorization", "Bearer sk-alphA")]),
+            headers(&[("authorization", "sk-alpha")]),
+            headers(&[("authorization", "Bearer ")]),
+        ] {
+            assert_eq!(
+                authenticate(&c, &bad).err(),
+                Some(GatewayError::InvalidApiKey)
+            );
+        }
+        assert!(
+            !admin_allowed(&c, &headers(&[("authorization", "Bearer sk-alpha")])),
+            "keys without admin_token close the management routes"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_in_either_form() {
+        for token in [
+            "s3cret-admin".to_owned(),
+            format!("\"sha256:{}\"", sha256_hex("s3cret-admin")),
+        ] {
+            let c = config("keys:\n  a: { key: sk-alpha }\n");
+            let c = Config {
+                server: config_server(&token),
+                ..c
+            };
+            assert!(admin_allowed(
+                &c,
+                &headers(&[("authorization", "Bearer s3cret-admin")])
+            ));
+            assert!(admin_allowed(
+                &c,
+                &headers(&[("x-api-key", "s3cret-admin")])
+            ));
+            assert!(!admin_allowed(
+                &c,
+                &headers(&[("authorization", "Bearer s3cret-admiN")])
+            ));
+            assert!(!admin_allowed(
+                &c,
+                &headers(&[("authorization", "Bearer sk-alpha")])
+            ));
+            assert!(!admin_allowed(&c, &HeaderMap::new()));
+        }
+    }
+
+    fn config_server(token: &str) -> crate::config::Server {
+        load_str(&format!("server:\n  admin_token: {token}\n"), "t.yaml")
+            .unwrap()
+            .server
     }
 }

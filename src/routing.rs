@@ -43,6 +43,13 @@ pub trait HeaderLookup {
     fn header(&self, name: &http::HeaderName) -> Option<&[u8]>;
 }
 
+/// What routing needs to know of the caller: its headers (route rules, `hash_key`) and
+/// which models its key may use.
+pub struct Caller<'r> {
+    pub headers: &'r dyn HeaderLookup,
+    pub may_use: &'r dyn Fn(&str) -> bool,
+}
+
 impl Router {
     pub fn new(config: &Config) -> Router {
         let ticks = config
@@ -54,20 +61,33 @@ impl Router {
     }
 
     /// Resolves `requested` to a configured model and lists the attempt candidates: the
-    /// model's available targets in its balance order, then each fallback model's.
+    /// model's available targets in its balance order, then each fallback model's. The
+    /// key's allowlist (`may_use`) is checked on the resolved model and on every fallback,
+    /// so neither an alias, a route rule nor a fallback leads past it.
     pub fn plan<'a>(
         &self,
         config: &'a Config,
         requested: &str,
-        headers: &dyn HeaderLookup,
+        request: &Caller<'_>,
         upstreams: &Upstreams,
         now: Instant,
     ) -> Result<Plan<'a>, GatewayError> {
-        let name = resolve_name(config, requested, headers).ok_or(GatewayError::ModelNotFound)?;
-        let model = config.models.get(name).ok_or(GatewayError::ModelNotFound)?;
+        let name =
+            resolve_name(config, requested, request.headers).ok_or(GatewayError::ModelNotFound)?;
+        let model = config
+            .models
+            .get(name)
+            .filter(|m| (request.may_use)(&m.name))
+            .ok_or(GatewayError::ModelNotFound)?;
+        let headers = request.headers;
         let mut candidates = Vec::with_capacity(model.targets.len());
-        let chain = std::iter::once(model)
-            .chain(model.fallbacks.iter().filter_map(|f| config.models.get(f)));
+        let chain = std::iter::once(model).chain(
+            model
+                .fallbacks
+                .iter()
+                .filter_map(|f| config.models.get(f))
+                .filter(|m| (request.may_use)(&m.name)),
+        );
         for m in chain.clone() {
             self.push_in_order(m, headers, upstreams, now, &mut candidates);
         }

@@ -26,15 +26,26 @@ fn object(model: &Model, created: u64) -> ModelObject<'_> {
     }
 }
 
-/// `{"object":"list","data":[…]}` over every configured model.
-pub fn list(config: &Config, created: u64) -> Vec<u8> {
-    let data: Vec<_> = config.models.values().map(|m| object(m, created)).collect();
+/// `{"object":"list","data":[…]}` over the models the caller may use.
+pub fn list(config: &Config, may_use: impl Fn(&str) -> bool, created: u64) -> Vec<u8> {
+    let data: Vec<_> = config
+        .models
+        .values()
+        .filter(|m| may_use(&m.name))
+        .map(|m| object(m, created))
+        .collect();
     serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default()
 }
 
-/// One model by name or alias; `None` for an unknown name (the caller answers 404).
-pub fn get(config: &Config, id: &str, created: u64) -> Option<Vec<u8>> {
+/// One model by name or alias; `None` for an unknown name or one the caller may not use
+/// (the caller answers 404 either way: a key cannot probe which models exist).
+pub fn get(
+    config: &Config,
+    id: &str,
+    may_use: impl Fn(&str) -> bool,
+    created: u64,
+) -> Option<Vec<u8>> {
     let name = config.aliases.get(id).map(String::as_str).unwrap_or(id);
-    let model = config.models.get(name)?;
+    let model = config.models.get(name).filter(|m| may_use(&m.name))?;
     serde_json::to_vec(&object(model, created)).ok()
 }

@@ -5,6 +5,8 @@
 //! at the first structural error; once the structure parses, every semantic error is
 //! reported, not just the first.
 
+mod keys;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -173,7 +175,17 @@ impl Checker<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let root = KeyPath::root();
         self.unsupported_sections(&raw);
-        let server = self.server(&root.key("server"), raw.server.unwrap_or_default());
+        let keys_present = raw.keys.as_ref().is_some_and(|keys| !keys.is_empty());
+        let server = self.server(
+            &root.key("server"),
+            raw.server.unwrap_or_default(),
+            keys_present,
+        );
+        let (keys, key_digests) = self.keys(&root.key("keys"), raw.keys.unwrap_or_default());
+        let rate_limits = self.rate_limits(
+            &root.key("rate_limits"),
+            raw.rate_limits.unwrap_or_default(),
+        );
         let raw_providers = raw.providers.unwrap_or_default();
         let provider_names: BTreeSet<String> = raw_providers.keys().cloned().collect();
         let providers = self.providers(&root.key("providers"), raw_providers);
@@ -199,6 +211,9 @@ impl Checker<'_> {
             models,
             aliases,
             routes,
+            keys,
+            key_digests,
+            rate_limits,
             source: self.file.to_owned(),
         }
     }
@@ -206,14 +221,7 @@ impl Checker<'_> {
     /// Sections this build parses but does not run yet.
     fn unsupported_sections(&mut self, raw: &RawConfig) {
         let root = KeyPath::root();
-        if raw.keys.as_ref().is_some_and(|keys| !keys.is_empty()) {
-            self.unsupported(&root.key("keys"), "keys");
-        }
-        let sections = [
-            ("rate_limits", raw.rate_limits.is_some()),
-            ("usage", raw.usage.is_some()),
-            ("auth", raw.auth.is_some()),
-        ];
+        let sections = [("usage", raw.usage.is_some()), ("auth", raw.auth.is_some())];
         for (key, present) in sections {
             if present {
                 self.unsupported(&root.key(key), key);
@@ -223,9 +231,11 @@ impl Checker<'_> {
 
     // ---- server -------------------------------------------------------------------
 
-    fn server(&mut self, path: &KeyPath, raw: RawServer) -> Server {
+    /// `keys_present`: with API keys, clients authenticate, so any address may be served.
+    fn server(&mut self, path: &KeyPath, raw: RawServer, keys_present: bool) -> Server {
         let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
-        let listen = self.listen(&path.key("listen"), raw.listen, allow_unauthenticated);
+        let allow_open = allow_unauthenticated || keys_present;
+        let listen = self.listen(&path.key("listen"), raw.listen, allow_open);
         let admin_token = raw
             .admin_token
             .as_ref()
@@ -233,7 +243,7 @@ impl Checker<'_> {
         let metrics_path = path.key("metrics_listen");
         let metrics_listen = raw
             .metrics_listen
-            .and_then(|text| self.socket_addr(&metrics_path, &text, allow_unauthenticated));
+            .and_then(|text| self.socket_addr(&metrics_path, &text, allow_open));
         Server {
             listen,
             allow_unauthenticated,
@@ -592,9 +602,11 @@ impl Checker<'_> {
         raw: &RawModel,
         providers: &BTreeSet<String>,
     ) -> Model {
-        if raw.limits.is_some() {
-            self.unsupported(&path.key("limits"), "limits");
-        }
+        let limits = raw
+            .limits
+            .as_ref()
+            .map(|l| self.model_limits(&path.key("limits"), l))
+            .unwrap_or_default();
         let aliases_path = path.key("aliases");
         let aliases = raw.aliases.clone().unwrap_or_default();
         for (i, alias) in aliases.iter().enumerate() {
@@ -612,6 +624,7 @@ impl Checker<'_> {
                 .pricing
                 .as_ref()
                 .and_then(|p| self.pricing(&pricing_path, p)),
+            limits,
         }
     }
 
@@ -1287,6 +1300,36 @@ providers:
     }
 
     #[test]
+    fn keys_and_limits() {
+        let text = "\
+server:
+  listen: [\"0.0.0.0:8080\"]
+models:
+  m:
+    targets: []
+    limits: { rpm: 0, tpm: 100 }
+keys:
+  a: { key: canary-key-one, models: [\"m*\", \"[\"], limits: { rpm: 5, concurrency: 0 } }
+  b: { key: canary-key-one }
+rate_limits: { window: 90s }
+";
+        let found = errors(text);
+        assert_eq!(
+            found,
+            [
+                "t.yaml:4:3: model has no targets",
+                "t.yaml:6:20: a limit must be at least 1 (leave it out for none)",
+                "t.yaml:8:44: invalid model glob: unclosed character class; missing ']'",
+                "t.yaml:8:81: a limit must be at least 1 (leave it out for none)",
+                "t.yaml:9:13: the same key as `a`",
+                "t.yaml:10:24: window must be whole seconds, at most 60s",
+            ],
+            "non-loopback `listen` is fine with keys"
+        );
+        assert!(!found.concat().contains("canary"));
+    }
+
+    #[test]
     fn unsupported_features() {
         let text = "\
 server:
@@ -1303,8 +1346,8 @@ models:
     targets: [{ provider: gpu, model: q }, { provider: claude, model: c }]
     limits: { rpm: 1 }
 keys:
-  team: { key: canary-key-literal }
-rate_limits: { store: memory }
+  team: { key: canary-key-literal, budget: { usd: 1, period: month } }
+rate_limits: { store: \"redis://127.0.0.1:6379\" }
 usage: { store: \"sqlite://x.db\" }
 auth:
   jwt: { secret: canary-jwt, ttl: 1h }
@@ -1316,9 +1359,8 @@ auth:
                 "t.yaml:2:16: `admin_token`: secret is empty",
                 "t.yaml:5:5: `type: local` is not supported by this build yet",
                 "t.yaml:8:5: `type: plugin` is not supported by this build yet",
-                "t.yaml:13:5: `limits` is not supported by this build yet",
-                "t.yaml:14:1: `keys` is not supported by this build yet",
-                "t.yaml:16:1: `rate_limits` is not supported by this build yet",
+                "t.yaml:15:36: `budget` is not supported by this build yet",
+                "t.yaml:16:23: `store`: only `memory` is supported by this build yet",
                 "t.yaml:17:1: `usage` is not supported by this build yet",
                 "t.yaml:18:1: `auth` is not supported by this build yet",
             ]

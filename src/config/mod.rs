@@ -17,9 +17,9 @@ use std::path::Path;
 
 pub use check::{ConfigError, ConfigErrors};
 pub use model::{
-    Balance, Config, Endpoint, HealthCheck, Limits, Model, OpenAiProvider, Pricing, Provider,
-    ProviderKind, RetryOn, Route, Server, Target, Timeouts, ValueError, parse_duration, parse_size,
-    valid_model_name,
+    ApiKey, Balance, Config, Endpoint, HealthCheck, Limits, Model, OpenAiProvider, Pricing,
+    Provider, ProviderKind, RateLimitSettings, RateLimits, RetryOn, Route, Server, Target,
+    Timeouts, ValueError, parse_duration, parse_size, valid_model_name,
 };
 pub use secret::{Secret, SecretError, SecretSource, SecretString, sha256_hex};
 
@@ -103,6 +103,9 @@ fn hand_built_default() -> Config {
         models: Default::default(),
         aliases: Default::default(),
         routes: Vec::new(),
+        keys: Default::default(),
+        key_digests: Default::default(),
+        rate_limits: Default::default(),
         source: EMBEDDED_LABEL.to_owned(),
     }
 }

@@ -21,8 +21,60 @@ pub struct Config {
     pub aliases: HashMap<String, String>,
     /// First match wins; consulted before aliases.
     pub routes: Vec<Route>,
+    /// API keys by config name; none means auth is off.
+    pub keys: BTreeMap<String, ApiKey>,
+    /// Key digest (lowercase hex SHA-256) → key name: how a presented key is found.
+    pub key_digests: HashMap<String, String>,
+    pub rate_limits: RateLimitSettings,
     /// The file path, or `<embedded>` for the built-in default.
     pub source: String,
+}
+
+/// One API key of `keys:`. The key itself is only kept as its digest.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    /// Globs over model names the key may use (checked on the resolved model); `None`: all.
+    pub models: Option<globset::GlobSet>,
+    pub limits: RateLimits,
+}
+
+impl ApiKey {
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|set| set.is_match(model))
+    }
+}
+
+/// Request and token limits of a key or a model (`limits:`); `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Requests per window.
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per window.
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    pub concurrency: Option<u64>,
+}
+
+impl RateLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == RateLimits::default()
+    }
+}
+
+/// `rate_limits:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// The sliding window `rpm` and `tpm` count over: one minute, shorter only for tests.
+    pub window: Duration,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +201,8 @@ pub struct Model {
     pub fallbacks: Vec<String>,
     pub retry_on: RetryOn,
     pub pricing: Option<Pricing>,
+    /// Limits over all keys together (`rpm`, `tpm`).
+    pub limits: RateLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,10 +247,6 @@ pub struct RawPricing {
     pub per: Option<Scalar>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawModelLimits {
@@ -278,10 +274,6 @@ pub struct RawWhen {
     pub model: Option<String>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawKey {
@@ -294,10 +286,6 @@ pub struct RawKey {
     pub budget: Option<RawBudget>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawKeyLimits {
@@ -320,10 +308,6 @@ pub struct RawBudget {
     pub period: String,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawRateLimits {
@@ -331,6 +315,8 @@ pub struct RawRateLimits {
     pub store: Option<String>,
     #[serde(default)]
     pub fail_open: Option<bool>,
+    #[serde(default)]
+    pub window: Option<Scalar>,
 }
 
 #[expect(

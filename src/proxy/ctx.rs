@@ -19,6 +19,8 @@ pub struct RequestCtx {
     pub state: Option<Arc<LiveState>>,
     /// Whether this was an LLM exchange (the requests that get an access-log row).
     pub exchange: bool,
+    /// The API key the request runs as (its config name); `None` while auth is off.
+    pub key: Option<String>,
     pub model_requested: Option<String>,
     /// The resolved model and target; only configured names ever land here.
     pub model: Option<String>,
@@ -47,6 +49,7 @@ impl Default for RequestCtx {
             ts_start: SystemTime::now(),
             state: None,
             exchange: false,
+            key: None,
             model_requested: None,
             model: None,
             provider: None,

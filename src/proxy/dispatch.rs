@@ -19,27 +19,95 @@ pub enum Handler {
     ReloadConfig,
 }
 
-/// Resolves a request line. Query strings are not part of `path`.
-pub fn dispatch(method: &http::Method, path: &str) -> Result<Handler, GatewayError> {
-    let (handler, allow) = match path {
-        "/v1/chat/completions" => (Handler::Exchange(Operation::ChatCompletions), "POST"),
-        "/v1/completions" => (Handler::Exchange(Operation::Completions), "POST"),
-        "/v1/embeddings" => (Handler::Exchange(Operation::Embeddings), "POST"),
-        "/v1/rerank" | "/rerank" => (Handler::Exchange(Operation::Rerank), "POST"),
-        "/v1/models" => (Handler::ListModels, "GET"),
-        "/health" => (Handler::Health, "GET"),
-        "/metrics" => (Handler::Metrics, "GET"),
-        "/api/config/reload" => (Handler::ReloadConfig, "POST"),
-        _ => match path.strip_prefix("/v1/models/") {
-            Some(id) if !id.is_empty() => (Handler::GetModel(id.to_string()), "GET"),
-            _ => return Err(GatewayError::UnknownUrl),
-        },
-    };
-    if method.as_str() == allow {
-        Ok(handler)
-    } else {
-        Err(GatewayError::MethodNotAllowed { allow })
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credential, ever: the explicit list of unauthenticated routes.
+    Public,
+    /// An API key when keys are configured.
+    Key,
+    /// The admin credential (`server.admin_token`) when one is set; closed when keys are
+    /// configured without one.
+    Admin,
+}
+
+/// One entry of the route table. `path` ending in `{id}` matches any non-empty rest.
+#[derive(Debug)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    make: fn(&str) -> Handler,
+}
+
+/// Every route the gateway serves. Nothing is routed that is not listed here, and each
+/// entry states its access, so no route can fall through to anonymous by omission.
+pub const ROUTES: &[Route] = &[
+    route("POST", "/v1/chat/completions", Access::Key, |_| {
+        Handler::Exchange(Operation::ChatCompletions)
+    }),
+    route("POST", "/v1/completions", Access::Key, |_| {
+        Handler::Exchange(Operation::Completions)
+    }),
+    route("POST", "/v1/embeddings", Access::Key, |_| {
+        Handler::Exchange(Operation::Embeddings)
+    }),
+    route("POST", "/v1/rerank", Access::Key, |_| {
+        Handler::Exchange(Operation::Rerank)
+    }),
+    route("POST", "/rerank", Access::Key, |_| {
+        Handler::Exchange(Operation::Rerank)
+    }),
+    route("GET", "/v1/models", Access::Key, |_| Handler::ListModels),
+    route("GET", "/v1/models/{id}", Access::Key, |id| {
+        Handler::GetModel(id.to_owned())
+    }),
+    route("GET", "/health", Access::Public, |_| Handler::Health),
+    route("GET", "/metrics", Access::Admin, |_| Handler::Metrics),
+    route("POST", "/api/config/reload", Access::Admin, |_| {
+        Handler::ReloadConfig
+    }),
+];
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    make: fn(&str) -> Handler,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        make,
     }
+}
+
+impl Route {
+    /// The handler if `path` is this route's; for `{id}` routes, the id.
+    fn matches(&self, path: &str) -> Option<Handler> {
+        match self.path.strip_suffix("{id}") {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .filter(|id| !id.is_empty())
+                .map(self.make),
+            None => (self.path == path).then(|| (self.make)("")),
+        }
+    }
+}
+
+/// Resolves a request line to its handler and access. Query strings are not part of `path`.
+pub fn dispatch(method: &http::Method, path: &str) -> Result<(Handler, Access), GatewayError> {
+    for r in ROUTES {
+        if let Some(handler) = r.matches(path) {
+            return if method.as_str() == r.method {
+                Ok((handler, r.access))
+            } else {
+                Err(GatewayError::MethodNotAllowed { allow: r.method })
+            };
+        }
+    }
+    Err(GatewayError::UnknownUrl)
 }
 
 #[cfg(test)]
@@ -51,15 +119,15 @@ mod tests {
     fn table() {
         assert_eq!(
             dispatch(&Method::POST, "/v1/chat/completions"),
-            Ok(Handler::Exchange(Operation::ChatCompletions))
+            Ok((Handler::Exchange(Operation::ChatCompletions), Access::Key))
         );
         assert_eq!(
             dispatch(&Method::POST, "/rerank"),
-            Ok(Handler::Exchange(Operation::Rerank))
+            Ok((Handler::Exchange(Operation::Rerank), Access::Key))
         );
         assert_eq!(
             dispatch(&Method::GET, "/v1/models/Qwen/Qwen2.5-7B"),
-            Ok(Handler::GetModel("Qwen/Qwen2.5-7B".into()))
+            Ok((Handler::GetModel("Qwen/Qwen2.5-7B".into()), Access::Key))
         );
         assert_eq!(
             dispatch(&Method::GET, "/v1/chat/completions"),
@@ -77,5 +145,15 @@ mod tests {
             dispatch(&Method::DELETE, "/health"),
             Err(GatewayError::MethodNotAllowed { allow: "GET" })
         );
+    }
+
+    #[test]
+    fn only_health_is_public() {
+        let public: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.access == Access::Public)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(public, ["/health"]);
     }
 }

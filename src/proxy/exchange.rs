@@ -26,7 +26,7 @@ use crate::error::{GatewayError, LedgerStatus};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
-use crate::routing::HeaderLookup;
+use crate::routing::{Caller, HeaderLookup};
 use crate::shutdown::Drain;
 use crate::state::LiveState;
 use crate::upstream::{InFlightGuard, ResolvedEndpoint, SendError, UpstreamPool, Verdict};
@@ -100,13 +100,22 @@ async fn run(
     let req = ChatRequest::parse(op, &body)?;
     ctx.model_requested = Some(req.model.clone());
     ctx.stream = req.stream;
-    let plan = state.router.plan(
-        config,
-        &req.model,
-        &SessionHeaders(session),
-        &state.upstreams,
-        Instant::now(),
-    )?;
+    let plan = {
+        // Scoped: the caller view borrows the session, which the attempts need again.
+        let key = ctx.key.as_deref().and_then(|k| config.keys.get(k));
+        let may_use = |model: &str| key.is_none_or(|k| k.may_use(model));
+        let caller = Caller {
+            headers: &SessionHeaders(session),
+            may_use: &may_use,
+        };
+        state.router.plan(
+            config,
+            &req.model,
+            &caller,
+            &state.upstreams,
+            Instant::now(),
+        )?
+    };
     ctx.model = Some(plan.model.name.clone());
     let _in_flight = InFlight::start(&plan.model.name);
 

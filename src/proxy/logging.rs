@@ -27,7 +27,7 @@ pub fn record(ctx: &mut RequestCtx, e: Option<&pingora::Error>) {
         request_id = %ctx.request_id,
         ts_start = unix_ms(ctx.ts_start),
         ts_end = unix_ms(SystemTime::now()),
-        key = tracing::field::Empty,
+        key = ctx.key.as_deref().unwrap_or(""),
         model_requested = %clip(ctx.model_requested.as_deref().unwrap_or("")),
         model = ctx.model.as_deref().unwrap_or(""),
         provider = ctx.provider.as_deref().unwrap_or(""),
@@ -77,10 +77,9 @@ fn record_metrics(ctx: &RequestCtx, duration: f64) {
         }
     }
     if ctx.cost_usd > 0.0 {
-        // No API keys yet: every request is the anonymous key.
-        m.cost
-            .with_label_values(&[model, "anonymous"])
-            .inc_by(ctx.cost_usd);
+        // Keys by their config name; requests while auth is off are `anonymous`.
+        let key = ctx.key.as_deref().unwrap_or("anonymous");
+        m.cost.with_label_values(&[model, key]).inc_by(ctx.cost_usd);
     }
 }
 

@@ -24,10 +24,10 @@ use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::shutdown::Drain;
-use crate::state::SharedState;
+use crate::state::{LiveState, SharedState};
 use crate::upstream::UpstreamPool;
 use ctx::RequestCtx;
-use dispatch::Handler;
+use dispatch::{Access, Handler};
 
 pub struct Gateway {
     state: SharedState,
@@ -92,13 +92,14 @@ impl ProxyHttp for Gateway {
         }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let handler = match dispatch::dispatch(&method, &path) {
-            Ok(Handler::Metrics) if self.metrics_only => Handler::Metrics,
+        let (handler, access) = match dispatch::dispatch(&method, &path) {
+            // The metrics listener serves Prometheus without auth, and nothing else.
+            Ok((Handler::Metrics, _)) if self.metrics_only => (Handler::Metrics, Access::Public),
             Ok(_) if self.metrics_only => {
                 respond::send_error(session, ctx, GatewayError::UnknownUrl).await?;
                 return Ok(true);
             }
-            Ok(h) => h,
+            Ok(routed) => routed,
             Err(e) => {
                 // The body (if any) was not read: close rather than parse it as a request.
                 session.set_keepalive(None);
@@ -106,16 +107,22 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
+        if let Err(e) = authorize(session, ctx, &state, access) {
+            respond::send_error(session, ctx, e).await?;
+            return Ok(true);
+        }
         match handler {
             Handler::Exchange(op) => exchange::serve(&self.pool, session, ctx, state, op).await?,
             Handler::ListModels => {
-                let body = models::list(&state.config, state.built_at);
+                let body = models::list(&state.config, may_use(ctx, &state), state.built_at);
                 send_json(session, ctx, body).await?;
             }
-            Handler::GetModel(id) => match models::get(&state.config, &id, state.built_at) {
-                Some(body) => send_json(session, ctx, body).await?,
-                None => respond::send_error(session, ctx, GatewayError::ModelNotFound).await?,
-            },
+            Handler::GetModel(id) => {
+                match models::get(&state.config, &id, may_use(ctx, &state), state.built_at) {
+                    Some(body) => send_json(session, ctx, body).await?,
+                    None => respond::send_error(session, ctx, GatewayError::ModelNotFound).await?,
+                }
+            }
             Handler::Health => {
                 let body = serde_json::json!({
                     "status": "ok",
@@ -151,25 +158,10 @@ impl ProxyHttp for Gateway {
 impl Gateway {
     /// `POST /api/config/reload`: applies the file now; 200 when the new config is live,
     /// 422 with the file's errors (and the old config still serving) when it is not.
-    /// Needs the admin credential when `server.admin_token` is set.
     async fn reload_config(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let Some(reloader) = &self.reloader else {
             return respond::send_error(session, ctx, GatewayError::UnknownUrl).await;
         };
-        let Some(state) = ctx.state.clone() else {
-            return respond::send_error(session, ctx, GatewayError::Internal).await;
-        };
-        let headers = &session.req_header().headers;
-        let allowed = auth::admin_allowed(
-            &state.config,
-            headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            headers.get("x-api-key").map(|v| v.as_bytes()),
-        );
-        if !allowed {
-            return respond::send_error(session, ctx, GatewayError::InvalidApiKey).await;
-        }
         match reloader.reload(Trigger::Api).await {
             Ok(()) => {
                 let state = self.state.load();
@@ -186,6 +178,32 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The access step: the route's access against the request's credential. Sets the key the
+/// request runs as (for allowlists, limits and the ledger).
+fn authorize(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    state: &LiveState,
+    access: Access,
+) -> Result<(), GatewayError> {
+    let headers = &session.req_header().headers;
+    match access {
+        Access::Public => Ok(()),
+        Access::Key => {
+            ctx.key = auth::authenticate(&state.config, headers)?.map(|k| k.name.clone());
+            Ok(())
+        }
+        Access::Admin if auth::admin_allowed(&state.config, headers) => Ok(()),
+        Access::Admin => Err(GatewayError::InvalidApiKey),
+    }
+}
+
+/// The model allowlist of the request's key (all models while auth is off).
+fn may_use<'a>(ctx: &RequestCtx, state: &'a LiveState) -> impl Fn(&str) -> bool + 'a {
+    let key = ctx.key.as_deref().and_then(|k| state.config.keys.get(k));
+    move |model| key.is_none_or(|k| k.may_use(model))
 }
 
 async fn send_json(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>) -> Result<()> {

@@ -78,6 +78,7 @@ fn closes_connection(err: &GatewayError) -> bool {
     matches!(
         err,
         GatewayError::RequestTooLarge
+            | GatewayError::InvalidApiKey
             | GatewayError::HeaderTooLarge
             | GatewayError::RequestTimeout
             | GatewayError::BadRequest

@@ -13,6 +13,7 @@
 mod support;
 
 mod accounting;
+mod auth;
 mod balance;
 mod cli;
 mod errors;

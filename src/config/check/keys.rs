@@ -1,0 +1,127 @@
+//! Validation of `keys:`, `rate_limits:` and a model's `limits:` (contract §2): what the
+//! auth and limit steps of request_filter run on. Part of every load, so a reload that
+//! breaks a key is rejected like any other invalid file.
+
+use std::collections::{BTreeMap, HashMap};
+
+use globset::{Glob, GlobSetBuilder};
+
+use super::Checker;
+use crate::config::model::{ApiKey, RateLimitSettings, RateLimits};
+use crate::config::raw::{RawKey, RawKeyLimits, RawModelLimits, RawRateLimits};
+use crate::config::secret::Secret;
+use crate::config::spans::KeyPath;
+use crate::config::valid_model_name;
+
+impl Checker<'_> {
+    /// The keys by name, and the digest → name index a request is authenticated with.
+    pub(super) fn keys(
+        &mut self,
+        path: &KeyPath,
+        raw: BTreeMap<String, RawKey>,
+    ) -> (BTreeMap<String, ApiKey>, HashMap<String, String>) {
+        let mut keys = BTreeMap::new();
+        let mut digests: HashMap<String, String> = HashMap::new();
+        for (name, key) in raw {
+            let here = path.key(&name);
+            if !valid_model_name(&name) {
+                self.at_key(&here, format!("invalid key name `{name}`"));
+            }
+            if key.budget.is_some() {
+                self.unsupported(&here.key("budget"), "budget");
+            }
+            let key_path = here.key("key");
+            match Secret::parse_key(&key.key).and_then(|s| s.resolve_digest(self.secrets)) {
+                Ok(digest) => {
+                    if let Some(other) = digests.insert(digest, name.clone()) {
+                        // The message names the other key, never the value.
+                        self.at_value(&key_path, format!("the same key as `{other}`"));
+                    }
+                }
+                Err(err) => self.at_value(&key_path, format!("`key`: {err}")),
+            }
+            let models = key
+                .models
+                .as_deref()
+                .and_then(|globs| self.model_globs(&here.key("models"), globs));
+            let limits = key
+                .limits
+                .map(|l| self.key_limits(&here.key("limits"), &l))
+                .unwrap_or_default();
+            keys.insert(
+                name.clone(),
+                ApiKey {
+                    name,
+                    models,
+                    limits,
+                },
+            );
+        }
+        (keys, digests)
+    }
+
+    fn model_globs(&mut self, path: &KeyPath, globs: &[String]) -> Option<globset::GlobSet> {
+        let mut set = GlobSetBuilder::new();
+        for (i, pattern) in globs.iter().enumerate() {
+            match Glob::new(pattern) {
+                Ok(glob) => {
+                    set.add(glob);
+                }
+                Err(err) => {
+                    self.at_value(
+                        &path.index(i),
+                        format!("invalid model glob: {}", err.kind()),
+                    );
+                }
+            }
+        }
+        set.build().ok()
+    }
+
+    fn key_limits(&mut self, path: &KeyPath, raw: &RawKeyLimits) -> RateLimits {
+        RateLimits {
+            rpm: self.positive(&path.key("rpm"), raw.rpm),
+            tpm: self.positive(&path.key("tpm"), raw.tpm),
+            concurrency: self.positive(&path.key("concurrency"), raw.concurrency),
+        }
+    }
+
+    pub(super) fn model_limits(&mut self, path: &KeyPath, raw: &RawModelLimits) -> RateLimits {
+        RateLimits {
+            rpm: self.positive(&path.key("rpm"), raw.rpm),
+            tpm: self.positive(&path.key("tpm"), raw.tpm),
+            concurrency: None,
+        }
+    }
+
+    fn positive(&mut self, path: &KeyPath, value: Option<u64>) -> Option<u64> {
+        match value {
+            Some(0) => {
+                self.at_value(path, "a limit must be at least 1 (leave it out for none)");
+                None
+            }
+            v => v,
+        }
+    }
+
+    pub(super) fn rate_limits(&mut self, path: &KeyPath, raw: RawRateLimits) -> RateLimitSettings {
+        let default = RateLimitSettings::default();
+        match raw.store.as_deref() {
+            None | Some("memory") => {}
+            Some(_) => self.at_value(
+                &path.key("store"),
+                "`store`: only `memory` is supported by this build yet",
+            ),
+        }
+        if raw.fail_open.is_some() {
+            self.unsupported(&path.key("fail_open"), "fail_open");
+        }
+        let window_path = path.key("window");
+        let window = self.duration(&window_path, raw.window, default.window);
+        if window.subsec_nanos() != 0 || window > default.window {
+            self.at_value(&window_path, "window must be whole seconds, at most 60s");
+            return default;
+        }
+        RateLimitSettings { window }
+    }
+}

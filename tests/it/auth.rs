@@ -1,0 +1,194 @@
+//! API keys and the admin credential (contract §2–§4; issue 4): every route of the router's
+//! own table is closed without a credential except the explicit public list; 401s are
+//! byte-identical; allowlists hold on the resolved model, aliases and fallbacks included;
+//! the key never leaks.
+
+use switchyard::proxy::dispatch::{Access, ROUTES};
+
+use crate::support::gateway::{Gateway, Setup};
+use crate::support::mock_upstream::{MockUpstream, Reply};
+use crate::{assert_envelope, bounded, chat_body};
+
+const TEAM_KEY: &str = "sk-canary-team-5521";
+const OTHER_KEY: &str = "sk-canary-other-7713";
+const ADMIN: &str = "adm-canary-9090";
+
+/// `chat` (alias `gpt-3.5-turbo`) → `a`, falling back to `secret` → `b`; `secret` has the
+/// alias `sneaky`. Key `team` may use `chat*` only; key `other` everything.
+fn setup(a: &MockUpstream, b: &MockUpstream) -> Setup {
+    Setup::new(format!(
+        "providers:\n  pa:\n    type: openai\n    endpoints: [\"{}\"]\n  pb:\n    type: openai\n    endpoints: [\"{}\"]\n\nmodels:\n  chat:\n    aliases: [gpt-3.5-turbo]\n    targets: [{{ provider: pa, model: up-a }}]\n    fallbacks: [secret]\n  secret:\n    aliases: [sneaky]\n    targets: [{{ provider: pb, model: up-b }}]\n\nkeys:\n  team:\n    key: env:TEAM_KEY\n    models: [\"chat*\"]\n  other:\n    key: \"sha256:{}\"\n",
+        a.url(),
+        b.url(),
+        switchyard::config::sha256_hex(OTHER_KEY)
+    ))
+    .env("TEAM_KEY", TEAM_KEY)
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+async fn chat_as(
+    gw: &Gateway,
+    key: &str,
+    model: &str,
+    id: &str,
+) -> crate::support::client::Response {
+    let auth = bearer(key);
+    gw.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+            ("x-request-id", id),
+        ],
+        chat_body(model, false).to_string().as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn every_route_but_the_public_ones_needs_a_credential() {
+    bounded(60, async {
+        let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+        let gw =
+            Gateway::start(setup(&a, &b).server_extra(&format!("  admin_token: {ADMIN}"))).await;
+        let mut bodies = Vec::new();
+        for route in ROUTES {
+            let path = route.path.replace("{id}", "chat");
+            let body = if route.method == "POST" {
+                chat_body("chat", false).to_string()
+            } else {
+                String::new()
+            };
+            for creds in [
+                vec![],
+                vec![("Authorization", "Bearer sk-wrong")],
+                vec![("X-API-Key", "sk-wrong")],
+            ] {
+                let mut headers = creds.clone();
+                headers.push(("Content-Type", "application/json"));
+                let r = gw
+                    .request(route.method, &path, &headers, body.as_bytes())
+                    .await;
+                if route.access == Access::Public {
+                    assert_eq!(r.status, 200, "{} {path} is public", route.method);
+                    continue;
+                }
+                assert_envelope(&r, 401, "invalid_request_error", "invalid_api_key", None);
+                assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{path}");
+                bodies.push(r.body.clone());
+            }
+            // A data-plane key is not an admin credential.
+            if route.access == Access::Admin {
+                let auth = bearer(OTHER_KEY);
+                let r = gw
+                    .request(route.method, &path, &[("Authorization", &auth)], b"")
+                    .await;
+                assert_eq!(r.status, 401, "{path} with a data-plane key");
+                let auth = bearer(ADMIN);
+                let r = gw
+                    .request(route.method, &path, &[("Authorization", &auth)], b"")
+                    .await;
+                assert_eq!(r.status, 200, "{path} with the admin token: {}", r.text());
+            }
+        }
+        assert!(
+            bodies.windows(2).all(|w| w[0] == w[1]),
+            "byte-identical 401 bodies"
+        );
+        assert_eq!(
+            a.request_count() + b.request_count(),
+            0,
+            "nothing reached an upstream"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keys_work_in_either_header_and_never_travel_upstream() {
+    bounded(60, async {
+        let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+        let gw = Gateway::start(setup(&a, &b)).await;
+        let r = chat_as(&gw, TEAM_KEY, "chat", "k-bearer").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = gw
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("X-API-Key", OTHER_KEY),
+                ],
+                chat_body("chat", false).to_string().as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        for req in a.requests() {
+            let all = format!("{:?}", req.headers);
+            assert!(
+                !all.contains("canary"),
+                "the client's key never goes upstream: {all}"
+            );
+        }
+        assert_eq!(gw.access_log("k-bearer").await["key"], "team");
+        assert!(!gw.output_text().contains("canary"), "keys never in logs");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn allowlists_hold_on_the_resolved_model() {
+    bounded(60, async {
+        let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+        let gw = Gateway::start(setup(&a, &b)).await;
+        // `sneaky` is an alias of `secret`: the name looks harmless, the model is not allowed.
+        for (model, id) in [("secret", "al-direct"), ("sneaky", "al-alias")] {
+            let r = chat_as(&gw, TEAM_KEY, model, id).await;
+            assert_envelope(
+                &r,
+                404,
+                "invalid_request_error",
+                "model_not_found",
+                Some("model"),
+            );
+        }
+        // `gpt-3.5-turbo` is an alias of `chat`: allowed through the resolved model.
+        let r = chat_as(&gw, TEAM_KEY, "gpt-3.5-turbo", "al-ok").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // `chat` fails over to `secret`, which this key may not use: no fallback for it.
+        a.set_default(Reply::status(503));
+        let r = chat_as(&gw, TEAM_KEY, "chat", "al-fb").await;
+        assert_envelope(&r, 503, "server_error", "backend_unavailable", None);
+        assert_eq!(
+            b.request_count(),
+            0,
+            "the fallback is not used past the allowlist"
+        );
+        // The other key may use it.
+        a.set_default(Reply::status(503));
+        let r = chat_as(&gw, OTHER_KEY, "chat", "al-fb-other").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-model"), Some("secret"));
+        // Listing and lookup show only what the key may use.
+        let auth = bearer(TEAM_KEY);
+        let list = gw
+            .request("GET", "/v1/models", &[("Authorization", &auth)], b"")
+            .await;
+        let ids: Vec<String> = list.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["chat"]);
+        let r = gw
+            .request("GET", "/v1/models/sneaky", &[("Authorization", &auth)], b"")
+            .await;
+        assert_eq!(r.status, 404);
+    })
+    .await;
+}
