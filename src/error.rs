@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::limits::LimitKind;
+
 /// What the ledger row's `status` says about a request (contract §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerStatus {
@@ -51,6 +53,11 @@ pub enum GatewayError {
     InvalidModelName,
     #[error("Incorrect or missing credentials.")]
     InvalidApiKey,
+    #[error("Rate limit reached for {}. Retry after the time in Retry-After.", .kind.as_str())]
+    RateLimited {
+        kind: LimitKind,
+        retry_after: Duration,
+    },
     #[error("The model does not exist or you do not have access to it.")]
     ModelNotFound,
     #[error("Unknown request URL.")]
@@ -102,6 +109,7 @@ impl GatewayError {
             | ContextLengthExceeded
             | UpstreamRejected => StatusCode::BAD_REQUEST,
             InvalidApiKey => StatusCode::UNAUTHORIZED,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ModelNotFound | UnknownUrl => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -118,6 +126,13 @@ impl GatewayError {
     }
 
     pub fn error_type(&self) -> &'static str {
+        // Contract §4: a 429's type says which limit it was.
+        if let GatewayError::RateLimited { kind, .. } = self {
+            return match kind {
+                LimitKind::Tokens => "tokens",
+                LimitKind::Requests | LimitKind::Concurrency => "requests",
+            };
+        }
         if self.status().is_server_error() {
             "server_error"
         } else {
@@ -134,6 +149,7 @@ impl GatewayError {
             InvalidValue(_) => "invalid_value",
             InvalidModelName => "invalid_model_name",
             InvalidApiKey => "invalid_api_key",
+            RateLimited { .. } => "rate_limit_exceeded",
             ModelNotFound => "model_not_found",
             UnknownUrl => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -171,6 +187,7 @@ impl GatewayError {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }
             ServerShutdown => Some(Duration::from_secs(1)),
+            RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -186,6 +203,7 @@ impl GatewayError {
             | ContextLengthExceeded
             | UpstreamRejected => LedgerStatus::UpstreamError,
             Internal | ServerShutdown => LedgerStatus::InternalError,
+            RateLimited { .. } => LedgerStatus::RejectedRate,
             _ => LedgerStatus::RejectedInvalid,
         }
     }

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     pub fallbacks: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub rate_limited: IntCounterVec,
 }
 
 /// Latency buckets from 1 ms to 10 min: LLM requests span five orders of magnitude.
@@ -120,6 +121,13 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_rate_limited_total",
+                    "Requests turned away by a rate limit, by key and limit kind",
+                ),
+                &["key", "kind"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -132,6 +140,7 @@ impl Metrics {
         registry.register(Box::new(m.circuit_open.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
+        registry.register(Box::new(m.rate_limited.clone()))?;
         Ok(m)
     }
 

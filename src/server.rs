@@ -14,6 +14,7 @@ use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::shutdown::{self, LateCleanup};
@@ -72,7 +73,12 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     ));
     let (drain_service, drain) = shutdown::drain(config_grace);
     let mut app = HttpProxy::new(
-        Gateway::new(shared.clone(), reloader.clone(), drain),
+        Gateway::new(
+            shared.clone(),
+            reloader.clone(),
+            Arc::new(Limiter::default()),
+            drain,
+        ),
         server.configuration.clone(),
     );
     app.handle_init_modules();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::accounting::{Usage, UsageSource};
 use crate::error::{GatewayError, LedgerStatus};
+use crate::limits::{Admission, Headroom};
 use crate::shutdown::Drain;
 use crate::state::LiveState;
 
@@ -39,6 +40,10 @@ pub struct RequestCtx {
     pub bytes_sent: bool,
     /// Fires when a graceful stop's grace period is about to end.
     pub drain: Drain,
+    /// The key's rate-limit headroom, sent as `x-ratelimit-*` (contract §3).
+    pub headroom: Option<Headroom>,
+    /// The request's hold on its rate-limit scopes, settled when it ends.
+    pub admission: Option<Admission>,
 }
 
 impl Default for RequestCtx {
@@ -65,6 +70,8 @@ impl Default for RequestCtx {
             ttft: None,
             bytes_sent: false,
             drain: Drain::default(),
+            headroom: None,
+            admission: None,
         }
     }
 }

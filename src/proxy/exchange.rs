@@ -23,6 +23,7 @@ use crate::api::stream::{self as chunks, ChunkKind};
 use crate::api::toplevel::TopLevel;
 use crate::config::{Model, Timeouts};
 use crate::error::{GatewayError, LedgerStatus};
+use crate::limits::{Check, Limiter, Scope};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
@@ -35,6 +36,8 @@ use crate::upstream::{InFlightGuard, ResolvedEndpoint, SendError, UpstreamPool, 
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Upstream error bodies are read only this far, to classify them; they never reach clients.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Completion tokens reserved for a chat or completion request that sets no `max_tokens`.
+const DEFAULT_COMPLETION_RESERVE: u64 = 1024;
 /// Upper bound on upstream attempts per request, whatever the config lists (no retry storms).
 const MAX_ATTEMPTS: usize = 8;
 /// How long to wait for the upstream's end of body after `[DONE]` before giving up on
@@ -58,13 +61,18 @@ impl From<GatewayError> for Stop {
 /// Runs one exchange and writes whatever the client gets.
 pub async fn serve(
     pool: &UpstreamPool,
+    limiter: &Limiter,
     session: &mut Session,
     ctx: &mut RequestCtx,
     state: Arc<LiveState>,
     op: Operation,
 ) -> Result<()> {
     ctx.exchange = true;
-    let result = run(pool, session, ctx, &state, op).await;
+    let result = run(pool, limiter, session, ctx, &state, op).await;
+    if let Some(mut held) = ctx.admission.take() {
+        // Tokens reserved at admission become the tokens used; the concurrency slot frees.
+        held.settle(ctx.usage.prompt_tokens + ctx.usage.completion_tokens);
+    }
     match result {
         Ok(()) => Ok(()),
         Err(Stop::Error(err)) if !ctx.bytes_sent => respond::send_error(session, ctx, err).await,
@@ -85,6 +93,7 @@ pub async fn serve(
 
 async fn run(
     pool: &UpstreamPool,
+    limiter: &Limiter,
     session: &mut Session,
     ctx: &mut RequestCtx,
     state: &LiveState,
@@ -117,6 +126,13 @@ async fn run(
         )?
     };
     ctx.model = Some(plan.model.name.clone());
+    admit(
+        limiter,
+        ctx,
+        state,
+        plan.model,
+        reservation(&req, body.len()),
+    )?;
     let _in_flight = InFlight::start(&plan.model.name);
 
     let timeouts = &config.server.timeouts;
@@ -183,6 +199,71 @@ async fn run(
         }
     }
     Err(Stop::Error(last_err))
+}
+
+/// Tokens a request may use, reserved against `tpm` before it runs (contract §5.4): the
+/// prompt estimated at 4 bytes a token of body (cheap, and on the high side for JSON) plus
+/// the completion cap it asks for, else `DEFAULT_COMPLETION_RESERVE`. Embeddings and rerank
+/// produce no completion.
+fn reservation(req: &ChatRequest, body_bytes: usize) -> u64 {
+    let prompt = body_bytes as u64 / 4;
+    let completion = match req.op {
+        Operation::ChatCompletions | Operation::Completions => {
+            req.max_tokens.unwrap_or(DEFAULT_COMPLETION_RESERVE)
+        }
+        Operation::Embeddings | Operation::Rerank => 0,
+    };
+    prompt.saturating_add(completion)
+}
+
+/// The limit step: the key's and the resolved model's limits, checked together; the hold
+/// goes on the context to be settled when the request ends.
+fn admit(
+    limiter: &Limiter,
+    ctx: &mut RequestCtx,
+    state: &LiveState,
+    model: &Model,
+    reserve: u64,
+) -> Result<(), GatewayError> {
+    let key = ctx.key.as_deref().and_then(|k| state.config.keys.get(k));
+    let mut checks = Vec::with_capacity(2);
+    if let Some(k) = key.filter(|k| !k.limits.is_empty()) {
+        checks.push(Check {
+            scope: Scope::Key(k.name.clone()),
+            limits: k.limits,
+        });
+    }
+    if !model.limits.is_empty() {
+        checks.push(Check {
+            scope: Scope::Model(model.name.clone()),
+            limits: model.limits,
+        });
+    }
+    if checks.is_empty() {
+        return Ok(());
+    }
+    match limiter.admit(&checks, reserve, state.config.rate_limits.window) {
+        Ok((held, room)) => {
+            // Headers for rate-limited keys only (contract §3).
+            if key.is_some_and(|k| !k.limits.is_empty()) {
+                ctx.headroom = Some(room);
+            }
+            ctx.admission = Some(held);
+            Ok(())
+        }
+        Err(no) => {
+            if let Some(m) = Metrics::get() {
+                let key = ctx.key.as_deref().unwrap_or("anonymous");
+                m.rate_limited
+                    .with_label_values(&[key, no.kind.as_str()])
+                    .inc();
+            }
+            Err(GatewayError::RateLimited {
+                kind: no.kind,
+                retry_after: no.retry_after,
+            })
+        }
+    }
 }
 
 /// Reads the request body under `max_body` and `body_timeout` (contract §2). A declared

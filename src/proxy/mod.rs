@@ -22,6 +22,7 @@ use crate::api::models;
 use crate::auth;
 use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::shutdown::Drain;
 use crate::state::{LiveState, SharedState};
@@ -34,17 +35,24 @@ pub struct Gateway {
     pool: UpstreamPool,
     /// `POST /api/config/reload`; `None` on the metrics listener.
     reloader: Option<Arc<Reloader>>,
+    limiter: Arc<Limiter>,
     drain: Drain,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
     metrics_only: bool,
 }
 
 impl Gateway {
-    pub fn new(state: SharedState, reloader: Arc<Reloader>, drain: Drain) -> Gateway {
+    pub fn new(
+        state: SharedState,
+        reloader: Arc<Reloader>,
+        limiter: Arc<Limiter>,
+        drain: Drain,
+    ) -> Gateway {
         Gateway {
             state,
             pool: UpstreamPool::new(),
             reloader: Some(reloader),
+            limiter,
             drain,
             metrics_only: false,
         }
@@ -56,6 +64,7 @@ impl Gateway {
             state,
             pool: UpstreamPool::new(),
             reloader: None,
+            limiter: Arc::default(),
             drain: Drain::default(),
             metrics_only: true,
         }
@@ -112,7 +121,9 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         match handler {
-            Handler::Exchange(op) => exchange::serve(&self.pool, session, ctx, state, op).await?,
+            Handler::Exchange(op) => {
+                exchange::serve(&self.pool, &self.limiter, session, ctx, state, op).await?
+            }
             Handler::ListModels => {
                 let body = models::list(&state.config, may_use(ctx, &state), state.built_at);
                 send_json(session, ctx, body).await?;

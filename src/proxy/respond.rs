@@ -9,6 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use crate::error::GatewayError;
+use crate::limits::Headroom;
 use crate::proxy::ctx::RequestCtx;
 
 /// A response header with `x-request-id` and, once a target is chosen, the resolved
@@ -24,7 +25,28 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> Result<Respo
     if let Some(provider) = &ctx.provider {
         h.insert_header("x-switchyard-provider", provider.as_str())?;
     }
+    if let Some(room) = &ctx.headroom {
+        ratelimit_headers(&mut h, room)?;
+    }
     Ok(h)
+}
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` as OpenAI sends them.
+fn ratelimit_headers(h: &mut ResponseHeader, room: &Headroom) -> Result<()> {
+    for (suffix, quota) in [("requests", room.requests), ("tokens", room.tokens)] {
+        if let Some(q) = quota {
+            h.insert_header(format!("x-ratelimit-limit-{suffix}"), q.limit.to_string())?;
+            h.insert_header(
+                format!("x-ratelimit-remaining-{suffix}"),
+                q.remaining.to_string(),
+            )?;
+            h.insert_header(
+                format!("x-ratelimit-reset-{suffix}"),
+                format!("{}s", q.reset_s),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A complete JSON (or other) reply with an exact `Content-Length`.

@@ -20,6 +20,7 @@ mod errors;
 mod fallback;
 mod harness;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod reload;
 mod routing;

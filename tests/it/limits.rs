@@ -1,0 +1,212 @@
+//! Rate limits with the memory store (contract §2 `limits`, §3 headers, §4 429s, §5.4;
+//! issue 4): requests and tokens per window (shortened by `rate_limits.window`, not by
+//! mocking time), token reservations under concurrency, concurrency caps, model limits
+//! across keys, and counters that survive a reload.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::support::client::{self, Response};
+use crate::support::gateway::{Gateway, Setup};
+use crate::support::mock_upstream::{MockUpstream, Reply};
+use crate::{assert_envelope, bounded, chat_body};
+
+const KEY_A: &str = "sk-limits-a";
+const KEY_B: &str = "sk-limits-b";
+
+/// Model `chat` → `mock`; keys `a` and `b` with the given `limits:` lines (or none), the
+/// model's own `limits:` line, and the window.
+fn config(mock: &MockUpstream, a_limits: &str, model_limits: &str, window: &str) -> Setup {
+    Setup::new(format!(
+        "providers:\n  mock:\n    type: openai\n    endpoints: [\"{}\"]\n\nmodels:\n  chat:\n    targets: [{{ provider: mock, model: m }}]\n{model_limits}\nkeys:\n  a:\n    key: {KEY_A}\n{a_limits}\n  b:\n    key: {KEY_B}\n\nrate_limits: {{ window: {window} }}\n",
+        mock.url()
+    ))
+}
+
+async fn chat(addr: std::net::SocketAddr, key: &str, body: &serde_json::Value) -> Response {
+    let auth = format!("Bearer {key}");
+    client::request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn requests_per_window_then_429_then_room_again() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        let gw = Gateway::start(config(&mock, "    limits: { rpm: 5 }", "", "2s")).await;
+        let body = chat_body("chat", false);
+        let mut remaining = Vec::new();
+        for _ in 0..5 {
+            let r = chat(gw.addr(), KEY_A, &body).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.header("x-ratelimit-limit-requests"), Some("5"));
+            remaining.push(
+                r.header("x-ratelimit-remaining-requests")
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(remaining, ["4", "3", "2", "1", "0"]);
+        let r = chat(gw.addr(), KEY_A, &body).await;
+        assert_envelope(&r, 429, "requests", "rate_limit_exceeded", None);
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=3).contains(&wait), "Retry-After {wait}");
+        assert_eq!(
+            mock.request_count(),
+            5,
+            "the 429 never reached the upstream"
+        );
+        // Key b has no limit of its own.
+        assert_eq!(chat(gw.addr(), KEY_B, &body).await.status, 200);
+        // Room again once the window moved on.
+        let started = Instant::now();
+        loop {
+            let r = chat(gw.addr(), KEY_A, &body).await;
+            if r.status == 200 {
+                break;
+            }
+            assert_eq!(r.status, 429);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no room after the window"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let rejected: Vec<_> = gw
+            .access_lines()
+            .into_iter()
+            .filter(|v| v["status"] == "rejected_rate")
+            .collect();
+        assert!(!rejected.is_empty());
+        assert!(
+            rejected
+                .iter()
+                .all(|v| v["key"] == "a" && v["http_status"] == 429)
+        );
+    })
+    .await;
+}
+
+/// Issue 4: TPM with reservation under 64 concurrent clients never exceeds the limit.
+#[tokio::test]
+async fn token_reservations_hold_under_64_concurrent_clients() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        // Slow answers, so the reservations of concurrent requests overlap.
+        mock.set_default(Reply::auto().slow_headers(Duration::from_millis(300)));
+        let gw = Gateway::start(config(&mock, "    limits: { tpm: 1000 }", "", "60s")).await;
+        let mut body = chat_body("chat", false);
+        body["max_tokens"] = 100.into();
+        let reserve = 100 + body.to_string().len() as u64 / 4;
+        let addr = gw.addr();
+        let fire = |n: usize| {
+            let body = body.clone();
+            futures::stream::iter(0..n)
+                .map(move |_| {
+                    let body = body.clone();
+                    async move { chat(addr, KEY_A, &body).await }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+        };
+        let first = fire(64).await;
+        let ok = first.iter().filter(|r| r.status == 200).count() as u64;
+        assert!(ok >= 1, "some admitted");
+        assert!(
+            ok <= 1000 / reserve,
+            "{ok} admitted at once with {reserve} reserved each would pass 1000"
+        );
+        for r in first.iter().filter(|r| r.status != 200) {
+            assert_envelope(r, 429, "tokens", "rate_limit_exceeded", None);
+        }
+        // Settled to what they used (the mock reports a few tokens each): room again.
+        let used: u64 = gw
+            .access_lines()
+            .iter()
+            .filter(|v| v["status"] == "ok")
+            .map(|v| {
+                v["prompt_tokens"].as_u64().unwrap() + v["completion_tokens"].as_u64().unwrap()
+            })
+            .sum();
+        assert!(used < 1000);
+        let second = fire(4).await;
+        assert!(
+            second.iter().any(|r| r.status == 200),
+            "settling gave the unused reservations back"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrency_cap_and_model_limits_across_keys() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        mock.set_default(Reply::auto().slow_headers(Duration::from_millis(500)));
+        let gw = Gateway::start(config(
+            &mock,
+            "    limits: { concurrency: 2 }",
+            "    limits: { rpm: 4 }",
+            "60s",
+        ))
+        .await;
+        let addr = gw.addr();
+        let body = chat_body("chat", false);
+        let three: Vec<Response> = futures::stream::iter(0..3)
+            .map(|_| chat(addr, KEY_A, &body))
+            .buffer_unordered(3)
+            .collect()
+            .await;
+        let mut statuses: Vec<u16> = three.iter().map(|r| r.status).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 200, 429], "two in flight at once");
+        let refused = three.iter().find(|r| r.status == 429).unwrap();
+        assert_envelope(refused, 429, "requests", "rate_limit_exceeded", None);
+        // The model allows 4 a minute whoever asks: 2 used by a, 2 more by b, then none.
+        assert_eq!(chat(addr, KEY_B, &body).await.status, 200);
+        assert_eq!(chat(addr, KEY_B, &body).await.status, 200);
+        let r = chat(addr, KEY_B, &body).await;
+        assert_envelope(&r, 429, "requests", "rate_limit_exceeded", None);
+        assert!(
+            r.header("x-ratelimit-limit-requests").is_none(),
+            "b has no limits of its own"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn counters_survive_a_reload() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        let setup = config(&mock, "    limits: { rpm: 3 }", "", "60s");
+        let gw = Gateway::start(setup.clone()).await;
+        let body = chat_body("chat", false);
+        for _ in 0..3 {
+            assert_eq!(chat(gw.addr(), KEY_A, &body).await.status, 200);
+        }
+        // Same limits, another change: a new model.
+        let mut changed = setup.clone();
+        changed.body.push_str("\nroutes: []\n");
+        gw.write_config(&changed);
+        let started = Instant::now();
+        while !gw.output_text().contains("config reloaded") {
+            assert!(started.elapsed() < Duration::from_secs(10), "no reload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = chat(gw.addr(), KEY_A, &body).await;
+        assert_envelope(&r, 429, "requests", "rate_limit_exceeded", None);
+    })
+    .await;
+}
