@@ -15,6 +15,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Label value for anything that is not a configured name (contract §5.8).
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub ledger_dropped: IntCounter,
 }
 
 /// Latency buckets from 1 ms to 10 min: LLM requests span five orders of magnitude.
@@ -128,6 +129,10 @@ impl Metrics {
                 ),
                 &["key", "kind"],
             )?,
+            ledger_dropped: IntCounter::new(
+                "switchyard_ledger_dropped_total",
+                "Ledger rows that could not be written (queue full or database gone)",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -141,6 +146,7 @@ impl Metrics {
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.rate_limited.clone()))?;
+        registry.register(Box::new(m.ledger_dropped.clone()))?;
         Ok(m)
     }
 
@@ -184,8 +190,8 @@ mod tests {
         assert!(text.contains("switchyard_time_to_first_token_seconds_bucket"));
         assert_eq!(
             registry.gather().len(),
-            2,
-            "only touched vectors are gathered"
+            3,
+            "only touched vectors are gathered, and the plain ledger counter"
         );
     }
 }

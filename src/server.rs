@@ -14,6 +14,7 @@ use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
+use crate::ledger;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -63,6 +64,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     server.bootstrap();
     let metrics_listen = config.server.metrics_listen;
     let config_grace = config.server.grace_period;
+    let usage_store = config.usage_store.clone();
     let registry = Arc::new(UpstreamRegistry::default());
     let shared = state::shared(LiveState::build(config, &registry));
     let reloader = Arc::new(Reloader::new(
@@ -72,11 +74,13 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
         registry,
     ));
     let (drain_service, drain) = shutdown::drain(config_grace);
+    let (ledger, ledger_service) = ledger::ledger(&usage_store);
     let mut app = HttpProxy::new(
         Gateway::new(
             shared.clone(),
             reloader.clone(),
             Arc::new(Limiter::default()),
+            ledger,
             drain,
         ),
         server.configuration.clone(),
@@ -92,6 +96,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
         HealthService::new(shared.clone()),
     ));
     server.add_service(background_service("drain", drain_service));
+    server.add_service(background_service("ledger", ledger_service));
     server.add_service(background_service(
         "config reload",
         ReloadService::new(reloader),

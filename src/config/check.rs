@@ -214,6 +214,7 @@ impl Checker<'_> {
             keys,
             key_digests,
             rate_limits,
+            usage_store: self.usage_store(&root.key("usage"), raw.usage.unwrap_or_default()),
             source: self.file.to_owned(),
         }
     }
@@ -221,11 +222,8 @@ impl Checker<'_> {
     /// Sections this build parses but does not run yet.
     fn unsupported_sections(&mut self, raw: &RawConfig) {
         let root = KeyPath::root();
-        let sections = [("usage", raw.usage.is_some()), ("auth", raw.auth.is_some())];
-        for (key, present) in sections {
-            if present {
-                self.unsupported(&root.key(key), key);
-            }
+        if raw.auth.is_some() {
+            self.unsupported(&root.key("auth"), "auth");
         }
     }
 
@@ -1361,7 +1359,6 @@ auth:
                 "t.yaml:8:5: `type: plugin` is not supported by this build yet",
                 "t.yaml:15:36: `budget` is not supported by this build yet",
                 "t.yaml:16:23: `store`: only `memory` is supported by this build yet",
-                "t.yaml:17:1: `usage` is not supported by this build yet",
                 "t.yaml:18:1: `auth` is not supported by this build yet",
             ]
         );

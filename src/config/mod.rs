@@ -31,6 +31,10 @@ server:
   listen: [\"127.0.0.1:8080\"]
 ";
 
+/// The ledger database when `usage.store` is not given: SQLite beside the config file.
+pub const DEFAULT_USAGE_STORE: &str = "sqlite://switchyard.db";
+const DEFAULT_USAGE_STORE_URL: &str = "sqlite://switchyard.db?mode=rwc";
+
 /// The label errors and `Config::source` carry for the embedded default.
 const EMBEDDED_LABEL: &str = "<embedded>";
 
@@ -106,6 +110,7 @@ fn hand_built_default() -> Config {
         keys: Default::default(),
         key_digests: Default::default(),
         rate_limits: Default::default(),
+        usage_store: DEFAULT_USAGE_STORE_URL.to_owned(),
         source: EMBEDDED_LABEL.to_owned(),
     }
 }

@@ -26,6 +26,8 @@ pub struct Config {
     /// Key digest (lowercase hex SHA-256) → key name: how a presented key is found.
     pub key_digests: HashMap<String, String>,
     pub rate_limits: RateLimitSettings,
+    /// The usage ledger's database URL (`usage.store`), relative SQLite paths resolved.
+    pub usage_store: String,
     /// The file path, or `<embedded>` for the built-in default.
     pub source: String,
 }

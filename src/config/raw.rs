@@ -319,10 +319,6 @@ pub struct RawRateLimits {
     pub window: Option<Scalar>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawUsage {

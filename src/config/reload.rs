@@ -133,9 +133,10 @@ impl Reloader {
             || was.metrics_listen != now.metrics_listen
             || was.grace_period != now.grace_period
             || was.upgrade_sock != now.upgrade_sock
+            || old.config.usage_store != state.config.usage_store
         {
             tracing::warn!(
-                "server.listen, metrics_listen, grace_period and upgrade_sock change only on restart or graceful upgrade; the running values stay"
+                "server.listen, metrics_listen, grace_period, upgrade_sock and usage.store change only on restart or graceful upgrade; the running values stay"
             );
         }
         self.shared.store(Arc::new(state));

@@ -1,19 +1,18 @@
-//! The `logging` phase: one structured access-log line per LLM request, carrying the ledger
-//! fields of contract §6, and the request metrics of contract §7.
-//!
-//! The persistent ledger arrives with the governance work; until then the row is this log
-//! line (target `switchyard::access`), written by the JSON tracing subscriber.
+//! The `logging` phase: per LLM request one ledger row (contract §6, queued for the
+//! database by `ledger`), the same fields as one structured access-log line (target
+//! `switchyard::access`), and the request metrics of contract §7.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::LedgerStatus;
+use crate::ledger::{Ledger, Row};
 use crate::metrics::{Metrics, OTHER};
 use crate::proxy::ctx::RequestCtx;
 
 /// User-supplied strings are cut to this many bytes in logs (reliability.md D4).
 const MAX_LOGGED: usize = 256;
 
-pub fn record(ctx: &mut RequestCtx, e: Option<&pingora::Error>) {
+pub fn record(ctx: &mut RequestCtx, e: Option<&pingora::Error>, ledger: &Ledger) {
     if !ctx.exchange {
         return;
     }
@@ -21,12 +20,14 @@ pub fn record(ctx: &mut RequestCtx, e: Option<&pingora::Error>) {
         ctx.status = LedgerStatus::InternalError;
     }
     let duration = ctx.started.elapsed();
+    let ts_end = SystemTime::now();
     record_metrics(ctx, duration.as_secs_f64());
+    ledger.record(row(ctx, ts_end, duration.as_secs_f64() * 1000.0));
     tracing::info!(
         target: "switchyard::access",
         request_id = %ctx.request_id,
         ts_start = unix_ms(ctx.ts_start),
-        ts_end = unix_ms(SystemTime::now()),
+        ts_end = unix_ms(ts_end),
         key = ctx.key.as_deref().unwrap_or(""),
         model_requested = %clip(ctx.model_requested.as_deref().unwrap_or("")),
         model = ctx.model.as_deref().unwrap_or(""),
@@ -46,6 +47,30 @@ pub fn record(ctx: &mut RequestCtx, e: Option<&pingora::Error>) {
         duration_ms = duration.as_secs_f64() * 1000.0,
         "request"
     );
+}
+
+fn row(ctx: &RequestCtx, ts_end: SystemTime, duration_ms: f64) -> Row {
+    Row {
+        request_id: ctx.request_id.clone(),
+        ts_start_ms: unix_ms(ctx.ts_start) as i64,
+        ts_end_ms: unix_ms(ts_end) as i64,
+        key: ctx.key.clone(),
+        model_requested: clip(ctx.model_requested.as_deref().unwrap_or("")).to_owned(),
+        model: ctx.model.clone().unwrap_or_default(),
+        provider: ctx.provider.clone().unwrap_or_default(),
+        endpoint: ctx.endpoint.clone().unwrap_or_default(),
+        stream: ctx.stream,
+        status: ctx.status.as_str(),
+        http_status: i64::from(ctx.http_status),
+        attempts: i64::from(ctx.attempts),
+        prompt_tokens: ctx.usage.prompt_tokens as i64,
+        completion_tokens: ctx.usage.completion_tokens as i64,
+        cached_tokens: ctx.usage.cached_tokens as i64,
+        usage_source: ctx.usage_source.as_str(),
+        cost_usd: ctx.cost_usd,
+        ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+        duration_ms,
+    }
 }
 
 fn record_metrics(ctx: &RequestCtx, duration: f64) {

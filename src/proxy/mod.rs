@@ -22,6 +22,7 @@ use crate::api::models;
 use crate::auth;
 use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
+use crate::ledger::Ledger;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::shutdown::Drain;
@@ -36,6 +37,7 @@ pub struct Gateway {
     /// `POST /api/config/reload`; `None` on the metrics listener.
     reloader: Option<Arc<Reloader>>,
     limiter: Arc<Limiter>,
+    ledger: Ledger,
     drain: Drain,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
     metrics_only: bool,
@@ -46,6 +48,7 @@ impl Gateway {
         state: SharedState,
         reloader: Arc<Reloader>,
         limiter: Arc<Limiter>,
+        ledger: Ledger,
         drain: Drain,
     ) -> Gateway {
         Gateway {
@@ -53,6 +56,7 @@ impl Gateway {
             pool: UpstreamPool::new(),
             reloader: Some(reloader),
             limiter,
+            ledger,
             drain,
             metrics_only: false,
         }
@@ -65,6 +69,7 @@ impl Gateway {
             pool: UpstreamPool::new(),
             reloader: None,
             limiter: Arc::default(),
+            ledger: Ledger::disabled(),
             drain: Drain::default(),
             metrics_only: true,
         }
@@ -162,7 +167,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        logging::record(ctx, e);
+        logging::record(ctx, e, &self.ledger);
     }
 }
 

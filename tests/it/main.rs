@@ -19,6 +19,7 @@ mod cli;
 mod errors;
 mod fallback;
 mod harness;
+mod ledger;
 mod lifecycle;
 mod limits;
 mod metrics;

@@ -1,6 +1,6 @@
-//! Validation of `keys:`, `rate_limits:` and a model's `limits:` (contract §2): what the
-//! auth and limit steps of request_filter run on. Part of every load, so a reload that
-//! breaks a key is rejected like any other invalid file.
+//! Validation of `keys:`, `rate_limits:`, a model's `limits:` and `usage:` (contract §2):
+//! what the auth and limit steps of request_filter and the ledger run on. Part of every
+//! load, so a reload that breaks a key is rejected like any other invalid file.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,7 +8,7 @@ use globset::{Glob, GlobSetBuilder};
 
 use super::Checker;
 use crate::config::model::{ApiKey, RateLimitSettings, RateLimits};
-use crate::config::raw::{RawKey, RawKeyLimits, RawModelLimits, RawRateLimits};
+use crate::config::raw::{RawKey, RawKeyLimits, RawModelLimits, RawRateLimits, RawUsage};
 use crate::config::secret::Secret;
 use crate::config::spans::KeyPath;
 use crate::config::valid_model_name;
@@ -102,6 +102,37 @@ impl Checker<'_> {
             }
             v => v,
         }
+    }
+
+    /// `usage.store` as a database URL: `postgres://…` as written; `sqlite://PATH` with a
+    /// relative PATH taken from the config file's folder, and created if missing.
+    pub(super) fn usage_store(&mut self, path: &KeyPath, raw: RawUsage) -> String {
+        let store_path = path.key("store");
+        let url = raw
+            .store
+            .unwrap_or_else(|| crate::config::DEFAULT_USAGE_STORE.to_owned());
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return url;
+        }
+        let Some(file) = url.strip_prefix("sqlite://") else {
+            self.at_value(
+                &store_path,
+                "`store` must be sqlite://PATH or postgres://USER@HOST/DB",
+            );
+            return String::new();
+        };
+        let (file, query) = file.split_once('?').unwrap_or((file, ""));
+        if file.is_empty() {
+            self.at_value(&store_path, "`store`: sqlite:// needs a file path");
+            return String::new();
+        }
+        let file = std::path::Path::new(file);
+        let full = match std::path::Path::new(self.file).parent() {
+            Some(dir) if file.is_relative() && !dir.as_os_str().is_empty() => dir.join(file),
+            _ => file.to_path_buf(),
+        };
+        let query = if query.is_empty() { "mode=rwc" } else { query };
+        format!("sqlite://{}?{query}", full.display())
     }
 
     pub(super) fn rate_limits(&mut self, path: &KeyPath, raw: RawRateLimits) -> RateLimitSettings {
