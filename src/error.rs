@@ -58,6 +58,8 @@ pub enum GatewayError {
         kind: LimitKind,
         retry_after: Duration,
     },
+    #[error("The rate limiter is unavailable. Retry after the time in Retry-After.")]
+    RateLimiterUnavailable,
     #[error("The model does not exist or you do not have access to it.")]
     ModelNotFound,
     #[error("Unknown request URL.")]
@@ -116,9 +118,10 @@ impl GatewayError {
             HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             BadUpstreamResponse | UpstreamDisconnected => StatusCode::BAD_GATEWAY,
-            BackendUnavailable { .. } | UpstreamRateLimited { .. } | ServerShutdown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            BackendUnavailable { .. }
+            | UpstreamRateLimited { .. }
+            | ServerShutdown
+            | RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ConfigNotApplied(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -150,6 +153,7 @@ impl GatewayError {
             InvalidModelName => "invalid_model_name",
             InvalidApiKey => "invalid_api_key",
             RateLimited { .. } => "rate_limit_exceeded",
+            RateLimiterUnavailable => "rate_limiter_unavailable",
             ModelNotFound => "model_not_found",
             UnknownUrl => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -186,7 +190,7 @@ impl GatewayError {
             BackendUnavailable { retry_after } | UpstreamRateLimited { retry_after } => {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }
-            ServerShutdown => Some(Duration::from_secs(1)),
+            ServerShutdown | RateLimiterUnavailable => Some(Duration::from_secs(1)),
             RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -203,7 +207,7 @@ impl GatewayError {
             | ContextLengthExceeded
             | UpstreamRejected => LedgerStatus::UpstreamError,
             Internal | ServerShutdown => LedgerStatus::InternalError,
-            RateLimited { .. } => LedgerStatus::RejectedRate,
+            RateLimited { .. } | RateLimiterUnavailable => LedgerStatus::RejectedRate,
             _ => LedgerStatus::RejectedInvalid,
         }
     }

@@ -65,6 +65,10 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let metrics_listen = config.server.metrics_listen;
     let config_grace = config.server.grace_period;
     let usage_store = config.usage_store.clone();
+    let limiter = Limiter::new(
+        config.rate_limits.redis.as_deref(),
+        config.rate_limits.fail_open,
+    );
     let registry = Arc::new(UpstreamRegistry::default());
     let shared = state::shared(LiveState::build(config, &registry));
     let reloader = Arc::new(Reloader::new(
@@ -79,7 +83,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
         Gateway::new(
             shared.clone(),
             reloader.clone(),
-            Arc::new(Limiter::default()),
+            Arc::new(limiter),
             ledger,
             drain,
         ),

@@ -1345,7 +1345,7 @@ models:
     limits: { rpm: 1 }
 keys:
   team: { key: canary-key-literal, budget: { usd: 1, period: month } }
-rate_limits: { store: \"redis://127.0.0.1:6379\" }
+rate_limits: { store: \"mongodb://127.0.0.1\" }
 usage: { store: \"sqlite://x.db\" }
 auth:
   jwt: { secret: canary-jwt, ttl: 1h }
@@ -1358,7 +1358,7 @@ auth:
                 "t.yaml:5:5: `type: local` is not supported by this build yet",
                 "t.yaml:8:5: `type: plugin` is not supported by this build yet",
                 "t.yaml:15:36: `budget` is not supported by this build yet",
-                "t.yaml:16:23: `store`: only `memory` is supported by this build yet",
+                "t.yaml:16:23: `store` must be `memory` or redis://HOST:PORT/DB",
                 "t.yaml:18:1: `auth` is not supported by this build yet",
             ]
         );

@@ -69,12 +69,18 @@ impl RateLimits {
 pub struct RateLimitSettings {
     /// The sliding window `rpm` and `tpm` count over: one minute, shorter only for tests.
     pub window: Duration,
+    /// `store: redis://…`: counters shared through Redis; `None`: in this process.
+    pub redis: Option<String>,
+    /// Admit while the shared store is down instead of answering 503.
+    pub fail_open: bool,
 }
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
             window: Duration::from_secs(60),
+            redis: None,
+            fail_open: false,
         }
     }
 }

@@ -134,9 +134,11 @@ impl Reloader {
             || was.grace_period != now.grace_period
             || was.upgrade_sock != now.upgrade_sock
             || old.config.usage_store != state.config.usage_store
+            || old.config.rate_limits.redis != state.config.rate_limits.redis
+            || old.config.rate_limits.fail_open != state.config.rate_limits.fail_open
         {
             tracing::warn!(
-                "server.listen, metrics_listen, grace_period, upgrade_sock and usage.store change only on restart or graceful upgrade; the running values stay"
+                "server.listen, metrics_listen, grace_period, upgrade_sock, usage.store and rate_limits.store/fail_open change only on restart or graceful upgrade; the running values stay"
             );
         }
         self.shared.store(Arc::new(state));

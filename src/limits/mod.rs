@@ -4,10 +4,11 @@
 //!
 //! Token limits reserve `prompt estimate + max_tokens` up front and settle to the actual
 //! usage when the request ends, so concurrent requests cannot all squeeze under a limit
-//! they will together exceed. Counters live in the process (`store: memory`) and outlive
-//! every config, keyed by configured names, so a reload keeps the counts of unchanged keys
-//! and models.
+//! they will together exceed. Counters live in the process (`store: memory`, this file)
+//! or in Redis shared by every instance (`redis.rs`); either way they outlive every config,
+//! keyed by configured names, so a reload keeps the counts of unchanged keys and models.
 
+mod redis;
 mod window;
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::RateLimits;
+pub use redis::RedisHold;
+use redis::RedisLimiter;
 pub use window::Window;
 
 /// What a limit counts, for the 429's `type` and the metric's `kind`.
@@ -77,9 +80,103 @@ fn lock(c: &Shared) -> MutexGuard<'_, Counters> {
     c.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Every scope's counters. One per process.
-#[derive(Debug, Default)]
+/// The limit store the config chose, and what to do when it cannot answer.
+#[derive(Debug)]
 pub struct Limiter {
+    store: Store,
+    /// `rate_limits.fail_open`: admit (unlimited) while the shared store is down.
+    fail_open: bool,
+}
+
+#[derive(Debug)]
+enum Store {
+    Memory(MemoryLimiter),
+    Redis(Arc<RedisLimiter>),
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter {
+            store: Store::Memory(MemoryLimiter::default()),
+            fail_open: false,
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    Limit(Rejection),
+    /// The shared store did not answer and the config fails closed.
+    StoreUnavailable,
+}
+
+/// A request's hold on its scopes, from either store.
+#[derive(Debug)]
+pub enum Hold {
+    Memory(Admission),
+    Redis(RedisHold),
+}
+
+impl Hold {
+    /// Replaces the token reservation by what the request used; the concurrency slot
+    /// frees when the hold is dropped.
+    pub fn settle(&mut self, used_tokens: u64) {
+        match self {
+            Hold::Memory(a) => a.settle(used_tokens),
+            Hold::Redis(r) => r.settle(used_tokens),
+        }
+    }
+}
+
+impl Limiter {
+    /// The store of `rate_limits.store`: memory, or a Redis URL. A malformed URL is a
+    /// config error already; should the client still refuse it, the memory store runs and
+    /// the error is logged.
+    pub fn new(redis_url: Option<&str>, fail_open: bool) -> Limiter {
+        let store = match redis_url.map(RedisLimiter::new) {
+            None => Store::Memory(MemoryLimiter::default()),
+            Some(Ok(r)) => Store::Redis(Arc::new(r)),
+            Some(Err(err)) => {
+                tracing::error!(error = %err, "rate-limit store: falling back to memory");
+                Store::Memory(MemoryLimiter::default())
+            }
+        };
+        Limiter { store, fail_open }
+    }
+
+    /// Admits a request (`None`: admitted without a hold, the store being down and the
+    /// config failing open) or says why not.
+    pub async fn admit(
+        &self,
+        checks: &[Check],
+        reserve: u64,
+        window: Duration,
+    ) -> Result<Option<(Hold, Headroom)>, Denied> {
+        match &self.store {
+            Store::Memory(m) => m
+                .admit(checks, reserve, window)
+                .map(|(a, room)| Some((Hold::Memory(a), room)))
+                .map_err(Denied::Limit),
+            Store::Redis(r) => match r.admit(checks, reserve, window).await {
+                Ok(Ok((hold, room))) => Ok(Some((Hold::Redis(hold), room))),
+                Ok(Err(no)) => Err(Denied::Limit(no)),
+                Err(err) => {
+                    tracing::error!(error = %err, fail_open = self.fail_open, "rate-limit store unavailable");
+                    if self.fail_open {
+                        Ok(None)
+                    } else {
+                        Err(Denied::StoreUnavailable)
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Every scope's counters in this process (`store: memory`).
+#[derive(Debug, Default)]
+pub struct MemoryLimiter {
     scopes: Mutex<HashMap<Scope, Shared>>,
 }
 
@@ -100,7 +197,7 @@ pub struct Admission {
     settled: bool,
 }
 
-impl Limiter {
+impl MemoryLimiter {
     /// Admits a request that will use up to `reserve` tokens, or says which limit it hits
     /// first and when to retry. All scopes are checked before any is charged, so a request
     /// turned away by its model's limit does not use up its key's.
@@ -268,7 +365,7 @@ mod tests {
 
     #[test]
     fn requests_per_window_are_exact() {
-        let l = Limiter::default();
+        let l = MemoryLimiter::default();
         let check = [key(Some(3), None, None)];
         let held: Vec<_> = (0..3)
             .map(|_| l.admit(&check, 0, MINUTE).unwrap())
@@ -281,7 +378,7 @@ mod tests {
 
     #[test]
     fn tokens_are_reserved_then_settled() {
-        let l = Limiter::default();
+        let l = MemoryLimiter::default();
         let check = [key(None, Some(1000), None)];
         let (mut a, _) = l.admit(&check, 600, MINUTE).unwrap();
         assert_eq!(
@@ -296,7 +393,7 @@ mod tests {
 
     #[test]
     fn concurrency_comes_back_when_a_request_ends() {
-        let l = Limiter::default();
+        let l = MemoryLimiter::default();
         let check = [key(None, None, Some(1))];
         let a = l.admit(&check, 0, MINUTE).unwrap();
         assert_eq!(
@@ -309,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_scope_that_refuses_charges_no_other() {
-        let l = Limiter::default();
+        let l = MemoryLimiter::default();
         let model = Check {
             scope: Scope::Model("m".into()),
             limits: RateLimits {

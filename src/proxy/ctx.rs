@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::accounting::{Usage, UsageSource};
 use crate::error::{GatewayError, LedgerStatus};
-use crate::limits::{Admission, Headroom};
+use crate::limits::{Headroom, Hold};
 use crate::shutdown::Drain;
 use crate::state::LiveState;
 
@@ -43,7 +43,7 @@ pub struct RequestCtx {
     /// The key's rate-limit headroom, sent as `x-ratelimit-*` (contract §3).
     pub headroom: Option<Headroom>,
     /// The request's hold on its rate-limit scopes, settled when it ends.
-    pub admission: Option<Admission>,
+    pub admission: Option<Hold>,
 }
 
 impl Default for RequestCtx {

@@ -23,7 +23,7 @@ use crate::api::stream::{self as chunks, ChunkKind};
 use crate::api::toplevel::TopLevel;
 use crate::config::{Model, Timeouts};
 use crate::error::{GatewayError, LedgerStatus};
-use crate::limits::{Check, Limiter, Scope};
+use crate::limits::{Check, Denied, Limiter, Scope};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
@@ -132,7 +132,8 @@ async fn run(
         state,
         plan.model,
         reservation(&req, body.len()),
-    )?;
+    )
+    .await?;
     let _in_flight = InFlight::start(&plan.model.name);
 
     let timeouts = &config.server.timeouts;
@@ -218,7 +219,7 @@ fn reservation(req: &ChatRequest, body_bytes: usize) -> u64 {
 
 /// The limit step: the key's and the resolved model's limits, checked together; the hold
 /// goes on the context to be settled when the request ends.
-fn admit(
+async fn admit(
     limiter: &Limiter,
     ctx: &mut RequestCtx,
     state: &LiveState,
@@ -242,8 +243,11 @@ fn admit(
     if checks.is_empty() {
         return Ok(());
     }
-    match limiter.admit(&checks, reserve, state.config.rate_limits.window) {
-        Ok((held, room)) => {
+    match limiter
+        .admit(&checks, reserve, state.config.rate_limits.window)
+        .await
+    {
+        Ok(Some((held, room))) => {
             // Headers for rate-limited keys only (contract §3).
             if key.is_some_and(|k| !k.limits.is_empty()) {
                 ctx.headroom = Some(room);
@@ -251,7 +255,9 @@ fn admit(
             ctx.admission = Some(held);
             Ok(())
         }
-        Err(no) => {
+        Ok(None) => Ok(()),
+        Err(Denied::StoreUnavailable) => Err(GatewayError::RateLimiterUnavailable),
+        Err(Denied::Limit(no)) => {
             if let Some(m) = Metrics::get() {
                 let key = ctx.key.as_deref().unwrap_or("anonymous");
                 m.rate_limited

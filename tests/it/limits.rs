@@ -10,6 +10,7 @@ use futures::StreamExt;
 use crate::support::client::{self, Response};
 use crate::support::gateway::{Gateway, Setup};
 use crate::support::mock_upstream::{MockUpstream, Reply};
+use crate::support::redis::RedisServer;
 use crate::{assert_envelope, bounded, chat_body};
 
 const KEY_A: &str = "sk-limits-a";
@@ -207,6 +208,143 @@ async fn counters_survive_a_reload() {
         }
         let r = chat(gw.addr(), KEY_A, &body).await;
         assert_envelope(&r, 429, "requests", "rate_limit_exceeded", None);
+    })
+    .await;
+}
+
+/// Issue 4: three instances share one Redis; 64 concurrent clients spread over them. In any
+/// rolling window the three together admit the limit, within 1 %, never more.
+#[tokio::test]
+async fn three_instances_share_one_limit_through_redis() {
+    bounded(90, async {
+        const LIMIT: usize = 150;
+        const WINDOW_S: u64 = 3;
+        let redis = RedisServer::start().await;
+        let mock = MockUpstream::start().await;
+        let shared = |gw_mock: &MockUpstream| {
+            let mut s = config(
+                gw_mock,
+                &format!("    limits: {{ rpm: {LIMIT} }}"),
+                "",
+                &format!("{WINDOW_S}s"),
+            );
+            s.body = s.body.replace(
+                &format!("rate_limits: {{ window: {WINDOW_S}s }}"),
+                &format!(
+                    "rate_limits: {{ window: {WINDOW_S}s, store: \"{}\" }}",
+                    redis.url()
+                ),
+            );
+            s
+        };
+        let gws = [
+            Gateway::start(shared(&mock)).await,
+            Gateway::start(shared(&mock)).await,
+            Gateway::start(shared(&mock)).await,
+        ];
+        let addrs: Vec<_> = gws.iter().map(Gateway::addr).collect();
+        let started = Instant::now();
+        let run_for = Duration::from_secs(2 * WINDOW_S + 1);
+        let body = chat_body("chat", false);
+        let admitted: Vec<Duration> = futures::stream::iter(0..64)
+            .map(|client| {
+                let addr = addrs[client % addrs.len()];
+                let body = body.clone();
+                async move {
+                    let mut at = Vec::new();
+                    while started.elapsed() < run_for {
+                        let r = chat(addr, KEY_A, &body).await;
+                        match r.status {
+                            200 => at.push(started.elapsed()),
+                            429 => {}
+                            other => panic!("unexpected {other}: {}", r.text()),
+                        }
+                    }
+                    at
+                }
+            })
+            .buffer_unordered(64)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+        let mut at = admitted;
+        at.sort_unstable();
+        // The most admitted in any rolling window (by response time).
+        let window = Duration::from_secs(WINDOW_S);
+        let busiest = (0..at.len())
+            .map(|i| at[i..].iter().take_while(|t| **t < at[i] + window).count())
+            .max()
+            .unwrap_or(0);
+        eprintln!(
+            "redis shared limit: busiest window {busiest} of {LIMIT}, {} admitted in all",
+            at.len()
+        );
+        let slack = LIMIT / 100 + 1;
+        assert!(
+            busiest <= LIMIT + slack,
+            "{busiest} admitted within one window, limit {LIMIT}"
+        );
+        assert!(
+            busiest + slack >= LIMIT,
+            "only {busiest} admitted within the busiest window"
+        );
+        let per_instance: Vec<usize> = gws
+            .iter()
+            .map(|g| {
+                g.access_lines()
+                    .iter()
+                    .filter(|v| v["status"] == "ok")
+                    .count()
+            })
+            .collect();
+        assert!(
+            per_instance.iter().all(|&n| n > 0),
+            "every instance admitted some: {per_instance:?}"
+        );
+        assert_eq!(
+            mock.request_count(),
+            at.len(),
+            "every admitted request, and no other, went upstream"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_closed_or_open_as_configured() {
+    bounded(60, async {
+        let mut redis = RedisServer::start().await;
+        let mock = MockUpstream::start().await;
+        let with = |fail_open: bool| {
+            let mut s = config(&mock, "    limits: { rpm: 100 }", "", "60s");
+            s.body = s.body.replace(
+                "rate_limits: { window: 60s }",
+                &format!(
+                    "rate_limits: {{ store: \"{}\", fail_open: {fail_open} }}",
+                    redis.url()
+                ),
+            );
+            s
+        };
+        let closed = Gateway::start(with(false)).await;
+        let open = Gateway::start(with(true)).await;
+        let body = chat_body("chat", false);
+        assert_eq!(
+            chat(closed.addr(), KEY_A, &body).await.status,
+            200,
+            "Redis up"
+        );
+        redis.stop();
+        let r = chat(closed.addr(), KEY_A, &body).await;
+        assert_envelope(&r, 503, "server_error", "rate_limiter_unavailable", None);
+        assert!(r.header("retry-after").is_some());
+        assert_eq!(
+            chat(open.addr(), KEY_A, &body).await.status,
+            200,
+            "fail_open admits"
+        );
+        // Keys without limits never ask the store.
+        assert_eq!(chat(closed.addr(), KEY_B, &body).await.status, 200);
     })
     .await;
 }

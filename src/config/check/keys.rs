@@ -137,22 +137,35 @@ impl Checker<'_> {
 
     pub(super) fn rate_limits(&mut self, path: &KeyPath, raw: RawRateLimits) -> RateLimitSettings {
         let default = RateLimitSettings::default();
-        match raw.store.as_deref() {
-            None | Some("memory") => {}
-            Some(_) => self.at_value(
-                &path.key("store"),
-                "`store`: only `memory` is supported by this build yet",
-            ),
-        }
-        if raw.fail_open.is_some() {
-            self.unsupported(&path.key("fail_open"), "fail_open");
-        }
+        let redis = match raw.store {
+            None => None,
+            Some(s) if s == "memory" => None,
+            Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => {
+                if ::redis::Client::open(s.as_str()).is_err() {
+                    self.at_value(&path.key("store"), "`store`: not a valid Redis URL");
+                }
+                Some(s)
+            }
+            Some(_) => {
+                self.at_value(
+                    &path.key("store"),
+                    "`store` must be `memory` or redis://HOST:PORT/DB",
+                );
+                None
+            }
+        };
         let window_path = path.key("window");
         let window = self.duration(&window_path, raw.window, default.window);
-        if window.subsec_nanos() != 0 || window > default.window {
+        let window = if window.subsec_nanos() != 0 || window > default.window {
             self.at_value(&window_path, "window must be whole seconds, at most 60s");
-            return default;
+            default.window
+        } else {
+            window
+        };
+        RateLimitSettings {
+            window,
+            redis,
+            fail_open: raw.fail_open.unwrap_or(false),
         }
-        RateLimitSettings { window }
     }
 }

@@ -3,3 +3,4 @@
 pub mod client;
 pub mod gateway;
 pub mod mock_upstream;
+pub mod redis;
