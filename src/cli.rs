@@ -1,4 +1,5 @@
-//! The command line of contract §1: `serve`, `check`, `hash-key`, `--version`.
+//! The command line of contract §1: `serve`, `check`, `hash-key`, `hash-password`,
+//! `--version`.
 //!
 //! Parsed once in `main`; Pingora's own `--upgrade` and `--daemon` pass through on `serve`.
 
@@ -38,6 +39,8 @@ pub enum Command {
     },
     /// Read an API key on stdin and print its `sha256:` form for the config.
     HashKey,
+    /// Read a password on stdin and print its argon2id PHC string for `auth.users`.
+    HashPassword,
 }
 
 /// The default config path of `serve` when `-c` is not given.

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         ),
         Command::Check { config } => check(&config),
         Command::HashKey => hash_key(),
+        Command::HashPassword => hash_password(),
     }
 }
 
@@ -120,21 +121,47 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn hash_key() -> ExitCode {
+/// The secret on stdin, without its line ending.
+fn read_secret(what: &str) -> Option<String> {
     let mut input = String::new();
     if std::io::stdin().read_to_string(&mut input).is_err() {
-        eprintln!("could not read the key from stdin");
+        eprintln!("could not read the {what} from stdin");
+        return None;
+    }
+    let secret = input.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        eprintln!("no {what} on stdin");
+        return None;
+    }
+    Some(secret.to_owned())
+}
+
+/// The hashed form is the command's output: the one place the binary writes to stdout.
+#[allow(clippy::print_stdout)]
+fn print_line(line: &str) {
+    println!("{line}");
+}
+
+fn hash_key() -> ExitCode {
+    let Some(key) = read_secret("key") else {
         return ExitCode::FAILURE;
-    }
-    let key = input.trim_end_matches(['\r', '\n']);
-    if key.is_empty() {
-        eprintln!("no key on stdin");
-        return ExitCode::FAILURE;
-    }
-    // The one place the binary writes to stdout: the hashed form is the command's output.
-    #[allow(clippy::print_stdout)]
-    {
-        println!("sha256:{}", config::sha256_hex(key));
-    }
+    };
+    print_line(&format!("sha256:{}", config::sha256_hex(&key)));
     ExitCode::SUCCESS
+}
+
+fn hash_password() -> ExitCode {
+    let Some(password) = read_secret("password") else {
+        return ExitCode::FAILURE;
+    };
+    match switchyard::auth::jwt::hash_password(&password) {
+        Some(phc) => {
+            print_line(&phc);
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("could not hash the password");
+            ExitCode::FAILURE
+        }
+    }
 }

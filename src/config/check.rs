@@ -174,7 +174,6 @@ impl Checker<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let root = KeyPath::root();
-        self.unsupported_sections(&raw);
         let keys_present = raw.keys.as_ref().is_some_and(|keys| !keys.is_empty());
         let server = self.server(
             &root.key("server"),
@@ -215,15 +214,8 @@ impl Checker<'_> {
             key_digests,
             rate_limits,
             usage_store: self.usage_store(&root.key("usage"), raw.usage.unwrap_or_default()),
+            jwt: raw.auth.and_then(|a| self.auth(&root.key("auth"), a)),
             source: self.file.to_owned(),
-        }
-    }
-
-    /// Sections this build parses but does not run yet.
-    fn unsupported_sections(&mut self, raw: &RawConfig) {
-        let root = KeyPath::root();
-        if raw.auth.is_some() {
-            self.unsupported(&root.key("auth"), "auth");
         }
     }
 
@@ -1328,7 +1320,7 @@ rate_limits: { window: 90s }
     }
 
     #[test]
-    fn unsupported_features() {
+    fn unsupported_and_weak_settings() {
         let text = "\
 server:
   admin_token: \"\"
@@ -1359,7 +1351,7 @@ auth:
                 "t.yaml:8:5: `type: plugin` is not supported by this build yet",
                 "t.yaml:15:36: `budget` is not supported by this build yet",
                 "t.yaml:16:23: `store` must be `memory` or redis://HOST:PORT/DB",
-                "t.yaml:18:1: `auth` is not supported by this build yet",
+                "t.yaml:19:18: `secret` must be at least 32 bytes",
             ]
         );
         assert!(!found.concat().contains("canary"));

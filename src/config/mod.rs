@@ -17,9 +17,9 @@ use std::path::Path;
 
 pub use check::{ConfigError, ConfigErrors};
 pub use model::{
-    ApiKey, Balance, Config, Endpoint, HealthCheck, Limits, Model, OpenAiProvider, Pricing,
-    Provider, ProviderKind, RateLimitSettings, RateLimits, RetryOn, Route, Server, Target,
-    Timeouts, ValueError, parse_duration, parse_size, valid_model_name,
+    ApiKey, Balance, Config, Endpoint, HealthCheck, JwtSettings, Limits, Model, OpenAiProvider,
+    Pricing, Provider, ProviderKind, RateLimitSettings, RateLimits, RetryOn, Role, Route, Server,
+    Target, Timeouts, User, ValueError, parse_duration, parse_size, valid_model_name,
 };
 pub use secret::{Secret, SecretError, SecretSource, SecretString, sha256_hex};
 
@@ -111,6 +111,7 @@ fn hand_built_default() -> Config {
         key_digests: Default::default(),
         rate_limits: Default::default(),
         usage_store: DEFAULT_USAGE_STORE_URL.to_owned(),
+        jwt: None,
         source: EMBEDDED_LABEL.to_owned(),
     }
 }

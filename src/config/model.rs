@@ -28,6 +28,8 @@ pub struct Config {
     pub rate_limits: RateLimitSettings,
     /// The usage ledger's database URL (`usage.store`), relative SQLite paths resolved.
     pub usage_store: String,
+    /// `auth:`: JWT users; `None` when the section is absent.
+    pub jwt: Option<JwtSettings>,
     /// The file path, or `<embedded>` for the built-in default.
     pub source: String,
 }
@@ -62,6 +64,30 @@ impl RateLimits {
     pub fn is_empty(&self) -> bool {
         *self == RateLimits::default()
     }
+}
+
+/// `auth:`: who may get a token from `POST /api/auth/token`, and how tokens are signed.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// The HS256 signing secret.
+    pub secret: SecretString,
+    pub ttl: Duration,
+    pub users: BTreeMap<String, User>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    /// An argon2 PHC string.
+    pub password_hash: SecretString,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The management API, and the data plane.
+    Admin,
+    /// The data plane only.
+    User,
 }
 
 /// `rate_limits:`.

@@ -326,10 +326,6 @@ pub struct RawUsage {
     pub store: Option<String>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawAuth {
@@ -339,10 +335,6 @@ pub struct RawAuth {
     pub users: Option<BTreeMap<String, RawUser>>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawJwt {
@@ -351,10 +343,6 @@ pub struct RawJwt {
     pub ttl: Option<Scalar>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawUser {

@@ -17,6 +17,8 @@ pub enum Handler {
     Metrics,
     /// `POST /api/config/reload` (management plane).
     ReloadConfig,
+    /// `POST /api/auth/token`: a user's password for a JWT.
+    IssueToken,
 }
 
 /// Who may call a route.
@@ -63,6 +65,10 @@ pub const ROUTES: &[Route] = &[
         Handler::GetModel(id.to_owned())
     }),
     route("GET", "/health", Access::Public, |_| Handler::Health),
+    // The login itself: the password in the body is the credential.
+    route("POST", "/api/auth/token", Access::Public, |_| {
+        Handler::IssueToken
+    }),
     route("GET", "/metrics", Access::Admin, |_| Handler::Metrics),
     route("POST", "/api/config/reload", Access::Admin, |_| {
         Handler::ReloadConfig
@@ -148,12 +154,12 @@ mod tests {
     }
 
     #[test]
-    fn only_health_is_public() {
+    fn only_health_and_login_are_public() {
         let public: Vec<&str> = ROUTES
             .iter()
             .filter(|r| r.access == Access::Public)
             .map(|r| r.path)
             .collect();
-        assert_eq!(public, ["/health"]);
+        assert_eq!(public, ["/health", "/api/auth/token"]);
     }
 }

@@ -153,6 +153,7 @@ impl ProxyHttp for Gateway {
                 respond::send_body(session, ctx, h, Bytes::from(Metrics::encode())).await?;
             }
             Handler::ReloadConfig => self.reload_config(session, ctx).await?,
+            Handler::IssueToken => issue_token(session, ctx, &state).await?,
         }
         Ok(true)
     }
@@ -196,6 +197,65 @@ impl Gateway {
     }
 }
 
+/// Largest login body read.
+const MAX_LOGIN_BODY: usize = 16 * 1024;
+
+/// `POST /api/auth/token`: `{"username","password"}` → `{"access_token","token_type",
+/// "expires_in"}`, or the same 401 as any bad credential.
+async fn issue_token(session: &mut Session, ctx: &mut RequestCtx, state: &LiveState) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Login {
+        username: String,
+        password: String,
+    }
+    let Some(settings) = state.config.jwt.clone() else {
+        return respond::send_error(session, ctx, GatewayError::InvalidApiKey).await;
+    };
+    let limits = &state.config.server.limits;
+    let body = match read_small_body(session, MAX_LOGIN_BODY, limits.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return respond::send_error(session, ctx, e).await,
+    };
+    let Ok(login) = serde_json::from_slice::<Login>(&body) else {
+        return respond::send_error(session, ctx, GatewayError::InvalidJson).await;
+    };
+    // Password hashing is slow on purpose: keep it off the workers.
+    let issued = tokio::task::spawn_blocking(move || {
+        auth::jwt::issue(&settings, &login.username, &login.password)
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(issued) = issued else {
+        return respond::send_error(session, ctx, GatewayError::InvalidApiKey).await;
+    };
+    let body = serde_json::json!({
+        "access_token": issued.token,
+        "token_type": "bearer",
+        "expires_in": issued.expires_in.as_secs(),
+    });
+    send_json(session, ctx, serde_json::to_vec(&body).unwrap_or_default()).await
+}
+
+/// A small request body, whole, within `max` bytes and `within`.
+async fn read_small_body(
+    session: &mut Session,
+    max: usize,
+    within: std::time::Duration,
+) -> std::result::Result<Bytes, GatewayError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(Err(_)) => return Err(GatewayError::BadRequest),
+            Ok(Ok(None)) => return Ok(buf.freeze()),
+            Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= max => buf.extend_from_slice(&chunk),
+            Ok(Ok(Some(_))) => return Err(GatewayError::RequestTooLarge),
+        }
+    }
+}
+
 /// The access step: the route's access against the request's credential. Sets the key the
 /// request runs as (for allowlists, limits and the ledger).
 fn authorize(
@@ -208,7 +268,7 @@ fn authorize(
     match access {
         Access::Public => Ok(()),
         Access::Key => {
-            ctx.key = auth::authenticate(&state.config, headers)?.map(|k| k.name.clone());
+            ctx.key = auth::authenticate(&state.config, headers)?;
             Ok(())
         }
         Access::Admin if auth::admin_allowed(&state.config, headers) => Ok(()),

@@ -211,6 +211,27 @@ async fn hash_key_prints_the_sha256_form() {
 }
 
 #[tokio::test]
+async fn hash_password_prints_an_argon2id_string_that_verifies() {
+    bounded(60, async {
+        let (code, out, err) = run_cli(&["hash-password"], Some("hunter2-canary\n")).await;
+        assert_eq!(code, 0, "{err}");
+        let phc = out.trim_end();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(!out.contains("hunter2") && !err.contains("hunter2"));
+        let hash = argon2::PasswordHash::new(phc).unwrap();
+        use argon2::PasswordVerifier;
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"hunter2-canary", &hash)
+                .is_ok()
+        );
+        let (_, again, _) = run_cli(&["hash-password"], Some("hunter2-canary")).await;
+        assert_ne!(again, out, "a fresh salt each time");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn version_and_help() {
     bounded(60, async {
         let (code, out, _) = run_cli(&["--version"], None).await;
@@ -218,7 +239,7 @@ async fn version_and_help() {
         assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
         let (code, out, _) = run_cli(&["--help"], None).await;
         assert_eq!(code, 0);
-        for cmd in ["serve", "check", "hash-key"] {
+        for cmd in ["serve", "check", "hash-key", "hash-password"] {
             assert!(out.contains(cmd), "--help lists {cmd}: {out}");
         }
     })

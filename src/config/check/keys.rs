@@ -1,5 +1,5 @@
-//! Validation of `keys:`, `rate_limits:`, a model's `limits:` and `usage:` (contract §2):
-//! what the auth and limit steps of request_filter and the ledger run on. Part of every
+//! Validation of `keys:`, `auth:`, `rate_limits:`, a model's `limits:` and `usage:`
+//! (contract §2): what the auth and limit steps of request_filter and the ledger run on. Part of every
 //! load, so a reload that breaks a key is rejected like any other invalid file.
 
 use std::collections::{BTreeMap, HashMap};
@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use globset::{Glob, GlobSetBuilder};
 
 use super::Checker;
-use crate::config::model::{ApiKey, RateLimitSettings, RateLimits};
-use crate::config::raw::{RawKey, RawKeyLimits, RawModelLimits, RawRateLimits, RawUsage};
+use std::time::Duration;
+
+use crate::config::model::{ApiKey, JwtSettings, RateLimitSettings, RateLimits, Role, User};
+use crate::config::raw::{RawAuth, RawKey, RawKeyLimits, RawModelLimits, RawRateLimits, RawUsage};
 use crate::config::secret::Secret;
 use crate::config::spans::KeyPath;
 use crate::config::valid_model_name;
@@ -58,6 +60,60 @@ impl Checker<'_> {
             );
         }
         (keys, digests)
+    }
+
+    /// `auth:`: the JWT secret and TTL, and users with an argon2 PHC password hash.
+    pub(super) fn auth(&mut self, path: &KeyPath, raw: RawAuth) -> Option<JwtSettings> {
+        let users_path = path.key("users");
+        let mut users = BTreeMap::new();
+        for (name, user) in raw.users.unwrap_or_default() {
+            let here = users_path.key(&name);
+            if !valid_model_name(&name) {
+                self.at_key(&here, format!("invalid user name `{name}`"));
+            }
+            let role = match user.role.as_str() {
+                "admin" => Role::Admin,
+                "user" => Role::User,
+                _ => {
+                    self.at_value(&here.key("role"), "`role` must be admin or user");
+                    continue;
+                }
+            };
+            // The hash is not the password, but it is kept out of errors all the same.
+            if argon2::PasswordHash::new(user.password.expose()).is_err() {
+                self.at_value(
+                    &here.key("password"),
+                    "`password` must be an argon2 PHC string (`switchyard hash-password` prints one)",
+                );
+                continue;
+            }
+            users.insert(
+                name,
+                User {
+                    password_hash: user.password,
+                    role,
+                },
+            );
+        }
+        let Some(jwt) = raw.jwt else {
+            if !users.is_empty() {
+                self.at_key(
+                    &path.key("users"),
+                    "`users` needs `jwt: { secret }` to sign tokens",
+                );
+            }
+            return None;
+        };
+        let jwt_path = path.key("jwt");
+        let secret = self.secret(&jwt_path.key("secret"), &jwt.secret)?;
+        if secret.expose().len() < 32 {
+            self.at_value(
+                &jwt_path.key("secret"),
+                "`secret` must be at least 32 bytes",
+            );
+        }
+        let ttl = self.duration(&jwt_path.key("ttl"), jwt.ttl, Duration::from_secs(3600));
+        Some(JwtSettings { secret, ttl, users })
     }
 
     fn model_globs(&mut self, path: &KeyPath, globs: &[String]) -> Option<globset::GlobSet> {

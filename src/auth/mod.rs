@@ -1,15 +1,18 @@
-//! Request authentication, run in request_filter right after dispatch: the API key of data
-//! plane routes (`keys:`) and the admin credential of management routes
-//! (`server.admin_token`), per the access the route table gives each route (contract §2–§3).
+//! Request authentication, run in request_filter right after dispatch: the API key (or a
+//! user's JWT) of data plane routes (`keys:`, `auth:`) and the admin credential of
+//! management routes (`server.admin_token` or an admin's JWT), per the access the route
+//! table gives each route (contract §2–§3).
 //!
 //! Without keys nothing authenticates (auth off; the config then refuses non-loopback
 //! listeners unless `allow_unauthenticated`). Keys are found by the SHA-256 digest of what
 //! the client presents — a hash-map lookup, never a comparison of secret bytes.
 
+pub mod jwt;
+
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::{ApiKey, Config};
+use crate::config::{Config, Role};
 use crate::error::GatewayError;
 
 /// The credential a request presents: `Authorization: Bearer <token>` or `X-API-Key`.
@@ -25,32 +28,50 @@ fn digest_hex(token: &[u8]) -> String {
     hex::encode(Sha256::digest(token))
 }
 
-/// The key a data-plane request runs as: `Ok(None)` when no keys are configured, the key
-/// when the request presents one, else `InvalidApiKey` (the same error, byte for byte, for a
-/// missing, unknown or malformed credential).
-pub fn authenticate<'c>(
-    config: &'c Config,
-    headers: &HeaderMap,
-) -> Result<Option<&'c ApiKey>, GatewayError> {
+/// Who a data-plane request runs as: `Ok(None)` when no keys are configured (auth off);
+/// else the key's config name, or `user:NAME` for a user's JWT; else `InvalidApiKey` (the
+/// same error, byte for byte, for a missing, unknown, malformed or expired credential).
+pub fn authenticate(config: &Config, headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     if config.keys.is_empty() {
         return Ok(None);
     }
     let token = presented(headers).ok_or(GatewayError::InvalidApiKey)?;
-    config
-        .key_digests
-        .get(&digest_hex(token))
-        .and_then(|name| config.keys.get(name))
-        .map(Some)
+    if let Some(name) = config.key_digests.get(&digest_hex(token)) {
+        return Ok(Some(name.clone()));
+    }
+    token_user(config, token)
+        .map(|user| Some(format!("user:{}", user.name)))
         .ok_or(GatewayError::InvalidApiKey)
 }
 
-/// Whether a management request may proceed: with `server.admin_token`, only when it
-/// presents that token; without one, only while no keys are configured (auth off).
+/// Whether a management request may proceed: the admin token, or a JWT of a user with role
+/// admin. With neither configured, only while no keys are (auth off).
 pub fn admin_allowed(config: &Config, headers: &HeaderMap) -> bool {
-    let Some(want) = &config.server.admin_token else {
-        return config.keys.is_empty();
+    let Some(token) = presented(headers) else {
+        return auth_off(config);
     };
-    presented(headers).is_some_and(|token| digests_equal(&digest_hex(token), want.expose()))
+    if let Some(want) = &config.server.admin_token
+        && digests_equal(&digest_hex(token), want.expose())
+    {
+        return true;
+    }
+    if token_user(config, token).is_some_and(|u| u.role == Role::Admin) {
+        return true;
+    }
+    auth_off(config)
+}
+
+/// No keys, no admin token, no users: nothing to check the management routes against.
+fn auth_off(config: &Config) -> bool {
+    config.keys.is_empty() && config.server.admin_token.is_none() && config.jwt.is_none()
+}
+
+fn token_user(config: &Config, token: &[u8]) -> Option<jwt::TokenUser> {
+    let settings = config.jwt.as_ref()?;
+    if !jwt::looks_like_jwt(token) {
+        return None;
+    }
+    jwt::verify(settings, std::str::from_utf8(token).ok()?)
 }
 
 /// Compares two digests without an early exit, so the time taken says nothing about how
@@ -94,9 +115,9 @@ mod tests {
             sha256_hex("sk-beta")
         ));
         let a = authenticate(&c, &headers(&[("authorization", "Bearer sk-alpha")])).unwrap();
-        assert_eq!(a.unwrap().name, "a");
+        assert_eq!(a.as_deref(), Some("a"));
         let b = authenticate(&c, &headers(&[("x-api-key", "sk-beta")])).unwrap();
-        assert_eq!(b.unwrap().name, "b");
+        assert_eq!(b.as_deref(), Some("b"));
         for bad in [
             headers(&[]),
             headers(&[("authorization", "Bearer sk-alphA")]),
