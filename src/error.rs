@@ -60,6 +60,8 @@ pub enum GatewayError {
     },
     #[error("The rate limiter is unavailable. Retry after the time in Retry-After.")]
     RateLimiterUnavailable,
+    #[error("You exceeded your current quota: this key's budget for the period is spent.")]
+    InsufficientQuota { retry_after: Duration },
     #[error("The model does not exist or you do not have access to it.")]
     ModelNotFound,
     #[error("Unknown request URL.")]
@@ -111,7 +113,7 @@ impl GatewayError {
             | ContextLengthExceeded
             | UpstreamRejected => StatusCode::BAD_REQUEST,
             InvalidApiKey => StatusCode::UNAUTHORIZED,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ModelNotFound | UnknownUrl => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -130,6 +132,9 @@ impl GatewayError {
 
     pub fn error_type(&self) -> &'static str {
         // Contract §4: a 429's type says which limit it was.
+        if matches!(self, GatewayError::InsufficientQuota { .. }) {
+            return "insufficient_quota";
+        }
         if let GatewayError::RateLimited { kind, .. } = self {
             return match kind {
                 LimitKind::Tokens => "tokens",
@@ -154,6 +159,7 @@ impl GatewayError {
             InvalidApiKey => "invalid_api_key",
             RateLimited { .. } => "rate_limit_exceeded",
             RateLimiterUnavailable => "rate_limiter_unavailable",
+            InsufficientQuota { .. } => "insufficient_quota",
             ModelNotFound => "model_not_found",
             UnknownUrl => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -191,7 +197,9 @@ impl GatewayError {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }
             ServerShutdown | RateLimiterUnavailable => Some(Duration::from_secs(1)),
-            RateLimited { retry_after, .. } => Some(*retry_after),
+            RateLimited { retry_after, .. } | InsufficientQuota { retry_after } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -207,7 +215,9 @@ impl GatewayError {
             | ContextLengthExceeded
             | UpstreamRejected => LedgerStatus::UpstreamError,
             Internal | ServerShutdown => LedgerStatus::InternalError,
-            RateLimited { .. } | RateLimiterUnavailable => LedgerStatus::RejectedRate,
+            RateLimited { .. } | RateLimiterUnavailable | InsufficientQuota { .. } => {
+                LedgerStatus::RejectedRate
+            }
             _ => LedgerStatus::RejectedInvalid,
         }
     }

@@ -15,7 +15,8 @@ use pingora::services::listening::Service;
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
 use crate::ledger;
-use crate::limits::Limiter;
+use crate::limits::budget::BudgetService;
+use crate::limits::{Limiter, Limits};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::shutdown::{self, LateCleanup};
@@ -65,10 +66,13 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let metrics_listen = config.server.metrics_listen;
     let config_grace = config.server.grace_period;
     let usage_store = config.usage_store.clone();
-    let limiter = Limiter::new(
-        config.rate_limits.redis.as_deref(),
-        config.rate_limits.fail_open,
-    );
+    let limits = Arc::new(Limits {
+        rates: Limiter::new(
+            config.rate_limits.redis.as_deref(),
+            config.rate_limits.fail_open,
+        ),
+        budgets: Arc::default(),
+    });
     let registry = Arc::new(UpstreamRegistry::default());
     let shared = state::shared(LiveState::build(config, &registry));
     let reloader = Arc::new(Reloader::new(
@@ -83,7 +87,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
         Gateway::new(
             shared.clone(),
             reloader.clone(),
-            Arc::new(limiter),
+            limits.clone(),
             ledger,
             drain,
         ),
@@ -101,6 +105,10 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     ));
     server.add_service(background_service("drain", drain_service));
     server.add_service(background_service("ledger", ledger_service));
+    server.add_service(background_service(
+        "budgets",
+        BudgetService::new(limits.budgets.clone(), shared.clone(), &usage_store),
+    ));
     server.add_service(background_service(
         "config reload",
         ReloadService::new(reloader),

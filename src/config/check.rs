@@ -1349,7 +1349,6 @@ auth:
                 "t.yaml:2:16: `admin_token`: secret is empty",
                 "t.yaml:5:5: `type: local` is not supported by this build yet",
                 "t.yaml:8:5: `type: plugin` is not supported by this build yet",
-                "t.yaml:15:36: `budget` is not supported by this build yet",
                 "t.yaml:16:23: `store` must be `memory` or redis://HOST:PORT/DB",
                 "t.yaml:19:18: `secret` must be at least 32 bytes",
             ]

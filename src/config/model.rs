@@ -41,6 +41,22 @@ pub struct ApiKey {
     /// Globs over model names the key may use (checked on the resolved model); `None`: all.
     pub models: Option<globset::GlobSet>,
     pub limits: RateLimits,
+    pub budget: Option<Budget>,
+}
+
+/// A key's spending cap per calendar period (UTC).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub usd: f64,
+    pub period: BudgetPeriod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    /// From Monday 00:00 UTC.
+    Week,
+    Month,
 }
 
 impl ApiKey {

@@ -297,10 +297,6 @@ pub struct RawKeyLimits {
     pub concurrency: Option<u64>,
 }
 
-#[expect(
-    dead_code,
-    reason = "parsed only to report the key as not supported yet"
-)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub struct RawBudget {

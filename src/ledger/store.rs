@@ -76,6 +76,13 @@ impl Store {
     /// SQLite runs in WAL mode with `synchronous=NORMAL`: a crash loses at most the last
     /// transactions, never the file's integrity.
     pub async fn open(url: &str) -> Result<Store, sqlx::Error> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without touching the schema (readers: the writer migrates).
+    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
         install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
@@ -96,9 +103,7 @@ impl Store {
             })
             .connect(url)
             .await?;
-        let store = Store { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -166,6 +171,18 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await
+    }
+
+    /// What `key` spent from `since_ms` (Unix milliseconds) on, in USD.
+    pub async fn spent(&self, key: &str, since_ms: i64) -> Result<f64, sqlx::Error> {
+        let (usd,): (f64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) FROM usage_ledger WHERE key = $1 AND ts_start >= $2",
+        )
+        .bind(key)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usd)
     }
 
     pub async fn close(&self) {

@@ -8,6 +8,7 @@
 //! or in Redis shared by every instance (`redis.rs`); either way they outlive every config,
 //! keyed by configured names, so a reload keeps the counts of unchanged keys and models.
 
+pub mod budget;
 mod redis;
 mod window;
 
@@ -78,6 +79,13 @@ type Shared = Arc<Mutex<Counters>>;
 
 fn lock(c: &Shared) -> MutexGuard<'_, Counters> {
     c.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The limit step's state: rate-limit counters and budget spend. One per process.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub rates: Limiter,
+    pub budgets: Arc<budget::Budgets>,
 }
 
 /// The limit store the config chose, and what to do when it cannot answer.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::accounting::{Usage, UsageSource};
 use crate::error::{GatewayError, LedgerStatus};
+use crate::limits::budget::BudgetCharge;
 use crate::limits::{Headroom, Hold};
 use crate::shutdown::Drain;
 use crate::state::LiveState;
@@ -44,6 +45,8 @@ pub struct RequestCtx {
     pub headroom: Option<Headroom>,
     /// The request's hold on its rate-limit scopes, settled when it ends.
     pub admission: Option<Hold>,
+    /// The key's budget, charged with the cost once the usage is counted.
+    pub budget_charge: Option<BudgetCharge>,
 }
 
 impl Default for RequestCtx {
@@ -72,6 +75,7 @@ impl Default for RequestCtx {
             drain: Drain::default(),
             headroom: None,
             admission: None,
+            budget_charge: None,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::api::stream::{self as chunks, ChunkKind};
 use crate::api::toplevel::TopLevel;
 use crate::config::{Model, Timeouts};
 use crate::error::{GatewayError, LedgerStatus};
-use crate::limits::{Check, Denied, Limiter, Scope};
+use crate::limits::{Check, Denied, Limits, Scope};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
@@ -61,14 +61,14 @@ impl From<GatewayError> for Stop {
 /// Runs one exchange and writes whatever the client gets.
 pub async fn serve(
     pool: &UpstreamPool,
-    limiter: &Limiter,
+    limits: &Limits,
     session: &mut Session,
     ctx: &mut RequestCtx,
     state: Arc<LiveState>,
     op: Operation,
 ) -> Result<()> {
     ctx.exchange = true;
-    let result = run(pool, limiter, session, ctx, &state, op).await;
+    let result = run(pool, limits, session, ctx, &state, op).await;
     if let Some(mut held) = ctx.admission.take() {
         // Tokens reserved at admission become the tokens used; the concurrency slot frees.
         held.settle(ctx.usage.prompt_tokens + ctx.usage.completion_tokens);
@@ -93,7 +93,7 @@ pub async fn serve(
 
 async fn run(
     pool: &UpstreamPool,
-    limiter: &Limiter,
+    limits: &Limits,
     session: &mut Session,
     ctx: &mut RequestCtx,
     state: &LiveState,
@@ -127,7 +127,7 @@ async fn run(
     };
     ctx.model = Some(plan.model.name.clone());
     admit(
-        limiter,
+        limits,
         ctx,
         state,
         plan.model,
@@ -217,16 +217,23 @@ fn reservation(req: &ChatRequest, body_bytes: usize) -> u64 {
     prompt.saturating_add(completion)
 }
 
-/// The limit step: the key's and the resolved model's limits, checked together; the hold
-/// goes on the context to be settled when the request ends.
+/// The limit step: the key's budget, then the key's and the resolved model's rate limits,
+/// checked together; the hold goes on the context to be settled when the request ends.
 async fn admit(
-    limiter: &Limiter,
+    limits: &Limits,
     ctx: &mut RequestCtx,
     state: &LiveState,
     model: &Model,
     reserve: u64,
 ) -> Result<(), GatewayError> {
     let key = ctx.key.as_deref().and_then(|k| state.config.keys.get(k));
+    if let Some(k) = key.filter(|k| k.budget.is_some()) {
+        limits.budgets.ready().await;
+        match limits.budgets.check(k, chrono::Utc::now()) {
+            Ok(charge) => ctx.budget_charge = charge,
+            Err(retry_after) => return Err(GatewayError::InsufficientQuota { retry_after }),
+        }
+    }
     let mut checks = Vec::with_capacity(2);
     if let Some(k) = key.filter(|k| !k.limits.is_empty()) {
         checks.push(Check {
@@ -243,7 +250,8 @@ async fn admit(
     if checks.is_empty() {
         return Ok(());
     }
-    match limiter
+    match limits
+        .rates
         .admit(&checks, reserve, state.config.rate_limits.window)
         .await
     {
@@ -615,9 +623,13 @@ async fn stream(
     // and a cancelled generation must not run on meanwhile (contract §5.2).
     let result = match end {
         StreamEnd::Done => {
+            // Counted before the end goes out, so the key's budget is charged by the time
+            // the client can send its next request.
+            let (usage, source) = stream_usage(req, tally).await;
+            settle(ctx, model, usage, source);
             let _ = session.write_response_body(None, true).await;
             linger_and_release(pool, up, &peer).await;
-            Ok(())
+            return Ok(());
         }
         StreamEnd::ClientGone => {
             up.shutdown().await;
@@ -636,14 +648,18 @@ async fn stream(
             Ok(())
         }
     };
-    let (usage, source) = if tally.has_upstream_usage() {
-        tally.settle(0)
-    } else {
-        let body = req.to_value();
-        off_runtime(move || tally.settle(tokenizer::estimate_prompt_tokens(&body))).await
-    };
+    let (usage, source) = stream_usage(req, tally).await;
     settle(ctx, model, usage, source);
     result
+}
+
+/// A stream's usage: the upstream's, or counted from the deltas with an estimated prompt.
+async fn stream_usage(req: &ChatRequest, tally: StreamTally) -> (Usage, UsageSource) {
+    if tally.has_upstream_usage() {
+        return tally.settle(0);
+    }
+    let body = req.to_value();
+    off_runtime(move || tally.settle(tokenizer::estimate_prompt_tokens(&body))).await
 }
 
 /// Tokenizing (and building the tokenizer on first use) is CPU work: run it on the blocking
@@ -777,6 +793,7 @@ async fn linger_and_release(
     pool.release(up, peer).await;
 }
 
+/// Records the request's usage and cost, and charges the cost to the key's budget.
 fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource) {
     ctx.usage = usage;
     ctx.usage_source = source;
@@ -788,6 +805,9 @@ fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource
             p.cached_input_per_token,
         )
     });
+    if let Some(charge) = ctx.budget_charge.take() {
+        charge.charge(ctx.cost_usd);
+    }
 }
 
 fn count_attempt(provider: &str, outcome: &str) {

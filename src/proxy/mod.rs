@@ -23,7 +23,7 @@ use crate::auth;
 use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
 use crate::ledger::Ledger;
-use crate::limits::Limiter;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::shutdown::Drain;
 use crate::state::{LiveState, SharedState};
@@ -36,7 +36,7 @@ pub struct Gateway {
     pool: UpstreamPool,
     /// `POST /api/config/reload`; `None` on the metrics listener.
     reloader: Option<Arc<Reloader>>,
-    limiter: Arc<Limiter>,
+    limits: Arc<Limits>,
     ledger: Ledger,
     drain: Drain,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
@@ -47,7 +47,7 @@ impl Gateway {
     pub fn new(
         state: SharedState,
         reloader: Arc<Reloader>,
-        limiter: Arc<Limiter>,
+        limits: Arc<Limits>,
         ledger: Ledger,
         drain: Drain,
     ) -> Gateway {
@@ -55,7 +55,7 @@ impl Gateway {
             state,
             pool: UpstreamPool::new(),
             reloader: Some(reloader),
-            limiter,
+            limits,
             ledger,
             drain,
             metrics_only: false,
@@ -68,7 +68,7 @@ impl Gateway {
             state,
             pool: UpstreamPool::new(),
             reloader: None,
-            limiter: Arc::default(),
+            limits: Arc::default(),
             ledger: Ledger::disabled(),
             drain: Drain::default(),
             metrics_only: true,
@@ -127,7 +127,7 @@ impl ProxyHttp for Gateway {
         }
         match handler {
             Handler::Exchange(op) => {
-                exchange::serve(&self.pool, &self.limiter, session, ctx, state, op).await?
+                exchange::serve(&self.pool, &self.limits, session, ctx, state, op).await?
             }
             Handler::ListModels => {
                 let body = models::list(&state.config, may_use(ctx, &state), state.built_at);

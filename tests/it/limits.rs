@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::support::client::{self, Response};
-use crate::support::gateway::{Gateway, Setup};
+use crate::support::gateway::{Gateway, Setup, TempDir};
 use crate::support::mock_upstream::{MockUpstream, Reply};
 use crate::support::redis::RedisServer;
 use crate::{assert_envelope, bounded, chat_body};
@@ -345,6 +345,76 @@ async fn a_dead_redis_fails_closed_or_open_as_configured() {
         );
         // Keys without limits never ask the store.
         assert_eq!(chat(closed.addr(), KEY_B, &body).await.status, 200);
+    })
+    .await;
+}
+
+/// Budgets (contract §2 `budget`): a key that spent its period's budget gets 429
+/// `insufficient_quota` until the period turns — also in a new process reading the same
+/// ledger.
+#[tokio::test]
+async fn a_spent_budget_is_refused_and_stays_spent_across_restarts() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        let ledger_dir = TempDir::new();
+        let store = format!(
+            "\nusage: {{ store: \"sqlite://{}\" }}\n",
+            ledger_dir.path().join("ledger.db").display()
+        );
+        let mut setup = config(
+            &mock,
+            "    budget: { usd: 0.02, period: day }",
+            "    pricing: { input: 1000, output: 1000, per: 1M }",
+            "60s",
+        );
+        setup.body.push_str(&store);
+        let setup = setup.server_extra("  grace_period: 1s");
+        let body = chat_body("chat", false);
+        {
+            let mut gw = Gateway::start(setup.clone()).await;
+            // Each request costs (11 + 3) tokens × $1000 / 1M = $0.014.
+            assert_eq!(chat(gw.addr(), KEY_A, &body).await.status, 200);
+            assert_eq!(
+                chat(gw.addr(), KEY_A, &body).await.status,
+                200,
+                "$0.014 < $0.02"
+            );
+            let r = chat(gw.addr(), KEY_A, &body).await;
+            assert_envelope(&r, 429, "insufficient_quota", "insufficient_quota", None);
+            let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+            assert!(
+                (1..=86_400).contains(&wait),
+                "until the next UTC day: {wait}"
+            );
+            assert_eq!(
+                chat(gw.addr(), KEY_B, &body).await.status,
+                200,
+                "b has no budget"
+            );
+            assert_eq!(mock.request_count(), 3);
+            // A graceful stop: the ledger writes what it holds before the process goes.
+            gw.signal("TERM");
+            assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
+        }
+        let gw = Gateway::start(setup).await;
+        let started = Instant::now();
+        let mut admitted = 0;
+        loop {
+            let r = chat(gw.addr(), KEY_A, &body).await;
+            if r.status == 429 {
+                assert_envelope(&r, 429, "insufficient_quota", "insufficient_quota", None);
+                break;
+            }
+            admitted += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the ledger's spend never applied"
+            );
+        }
+        assert_eq!(
+            admitted, 0,
+            "the restart knows the key's spend from the ledger"
+        );
     })
     .await;
 }

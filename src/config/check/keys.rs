@@ -9,8 +9,12 @@ use globset::{Glob, GlobSetBuilder};
 use super::Checker;
 use std::time::Duration;
 
-use crate::config::model::{ApiKey, JwtSettings, RateLimitSettings, RateLimits, Role, User};
-use crate::config::raw::{RawAuth, RawKey, RawKeyLimits, RawModelLimits, RawRateLimits, RawUsage};
+use crate::config::model::{
+    ApiKey, Budget, BudgetPeriod, JwtSettings, RateLimitSettings, RateLimits, Role, User,
+};
+use crate::config::raw::{
+    RawAuth, RawBudget, RawKey, RawKeyLimits, RawModelLimits, RawRateLimits, RawUsage,
+};
 use crate::config::secret::Secret;
 use crate::config::spans::KeyPath;
 use crate::config::valid_model_name;
@@ -29,9 +33,10 @@ impl Checker<'_> {
             if !valid_model_name(&name) {
                 self.at_key(&here, format!("invalid key name `{name}`"));
             }
-            if key.budget.is_some() {
-                self.unsupported(&here.key("budget"), "budget");
-            }
+            let budget = key
+                .budget
+                .as_ref()
+                .and_then(|b| self.budget(&here.key("budget"), b));
             let key_path = here.key("key");
             match Secret::parse_key(&key.key).and_then(|s| s.resolve_digest(self.secrets)) {
                 Ok(digest) => {
@@ -56,6 +61,7 @@ impl Checker<'_> {
                     name,
                     models,
                     limits,
+                    budget,
                 },
             );
         }
@@ -114,6 +120,26 @@ impl Checker<'_> {
         }
         let ttl = self.duration(&jwt_path.key("ttl"), jwt.ttl, Duration::from_secs(3600));
         Some(JwtSettings { secret, ttl, users })
+    }
+
+    fn budget(&mut self, path: &KeyPath, raw: &RawBudget) -> Option<Budget> {
+        let period = match raw.period.as_str() {
+            "day" => BudgetPeriod::Day,
+            "week" => BudgetPeriod::Week,
+            "month" => BudgetPeriod::Month,
+            _ => {
+                self.at_value(&path.key("period"), "`period` must be day, week or month");
+                return None;
+            }
+        };
+        if !(raw.usd.is_finite() && raw.usd > 0.0) {
+            self.at_value(&path.key("usd"), "`usd` must be a positive amount");
+            return None;
+        }
+        Some(Budget {
+            usd: raw.usd,
+            period,
+        })
     }
 
     fn model_globs(&mut self, path: &KeyPath, globs: &[String]) -> Option<globset::GlobSet> {
