@@ -145,7 +145,9 @@ impl Store {
             // Built from the constant column list and numbered placeholders only: every value
             // is bound, none is spliced in.
             let sql = AssertSqlSafe(insert_sql(chunk.len()));
-            let mut q = sqlx::query(sql);
+            // Not a cached prepared statement: PostgreSQL would keep the parameter types of
+            // its first use, and a NULL `ttft_ms` there makes a later float fail to bind.
+            let mut q = sqlx::query(sql).persistent(false);
             for r in chunk {
                 q = q
                     .bind(r.request_id.clone())

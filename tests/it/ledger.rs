@@ -12,6 +12,7 @@ use switchyard::ledger::Store;
 use crate::support::client::{self, HttpClient};
 use crate::support::gateway::{Gateway, Setup, free_port};
 use crate::support::mock_upstream::{MockUpstream, Reply, numbered_tokens};
+use crate::support::postgres::Postgres;
 use crate::{bounded, chat_body};
 
 const KEY: &str = "sk-ledger-canary-4417";
@@ -26,23 +27,27 @@ fn setup(mock: &MockUpstream, extra: &str) -> Setup {
     ))
 }
 
-async fn open(gw: &Gateway) -> Store {
+/// The gateway's default SQLite ledger.
+fn sqlite_of(gw: &Gateway) -> String {
     let db = gw.config_path.parent().unwrap().join("switchyard.db");
-    Store::open(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap()
+    format!("sqlite://{}", db.display())
+}
+
+async fn open(url: &str) -> Store {
+    Store::connect(url).await.unwrap()
 }
 
 /// `request_id → (status, http_status, key)` of every row, once `n` rows are there.
 async fn rows(store: &Store, n: usize) -> Vec<LedgerRow> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        // Until the gateway's writer has created the table, there is nothing to read.
         let rows: Vec<LedgerRow> = sqlx::query_as(
             "SELECT request_id, status, http_status, key FROM usage_ledger ORDER BY ts_start",
         )
         .fetch_all(store.pool())
         .await
-        .unwrap();
+        .unwrap_or_default();
         if rows.len() >= n || Instant::now() > deadline {
             return rows;
         }
@@ -66,8 +71,19 @@ async fn post(gw: &Gateway, id: &str, stream: bool) -> client::Response {
 }
 
 #[tokio::test]
-async fn one_row_per_authenticated_request_whatever_the_outcome() {
-    bounded(60, async {
+async fn one_row_per_authenticated_request_whatever_the_outcome_sqlite() {
+    bounded(60, one_row_each(None)).await;
+}
+
+#[tokio::test]
+async fn one_row_per_authenticated_request_whatever_the_outcome_postgres() {
+    let pg = Postgres::start();
+    bounded(60, one_row_each(Some(pg.url()))).await;
+}
+
+/// The ledger in `store` (the default SQLite file when `None`).
+async fn one_row_each(store: Option<String>) {
+    {
         let mock = MockUpstream::start().await;
         mock.respond_with(|r| {
             let id = r.header("x-request-id").unwrap_or("").to_owned();
@@ -77,7 +93,11 @@ async fn one_row_per_authenticated_request_whatever_the_outcome() {
                 _ => None,
             }
         });
-        let gw = Gateway::start(setup(&mock, "")).await;
+        let usage = store.as_ref().map_or(String::new(), |url| {
+            format!("usage: {{ store: \"{url}\" }}\n")
+        });
+        let gw = Gateway::start(setup(&mock, &usage)).await;
+        let url = store.unwrap_or_else(|| sqlite_of(&gw));
         assert_eq!(post(&gw, "l-ok", false).await.status, 200);
         assert_eq!(post(&gw, "l-stream", true).await.status, 200);
         assert_eq!(post(&gw, "l-500", false).await.status, 502);
@@ -116,7 +136,7 @@ async fn one_row_per_authenticated_request_whatever_the_outcome() {
             .await;
         assert_eq!(r.status, 401);
 
-        let store = open(&gw).await;
+        let store = open(&url).await;
         let found = rows(&store, 6).await;
         let by_id: HashMap<&str, Vec<&LedgerRow>> =
             found.iter().fold(HashMap::new(), |mut m, r| {
@@ -156,8 +176,7 @@ async fn one_row_per_authenticated_request_whatever_the_outcome() {
             !format!("{dump:?}").contains("canary"),
             "no key in the ledger"
         );
-    })
-    .await;
+    }
 }
 
 #[tokio::test]
@@ -188,7 +207,7 @@ async fn the_database_survives_kill_9_under_load() {
                 .collect::<Vec<_>>()
                 .await
         });
-        let store = open(&gw).await;
+        let store = open(&sqlite_of(&gw)).await;
         // Under load: rows are being written when the process dies.
         assert!(rows(&store, 200).await.len() >= 200, "the ledger fills under load");
         gw.signal("KILL");
@@ -225,6 +244,62 @@ async fn a_dead_database_never_blocks_requests() {
             assert!(Instant::now() < deadline, "the dead database is reported");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    })
+    .await;
+}
+
+/// The same insert with and without a time to first token, in either order, on PostgreSQL
+/// (a cached prepared statement would keep the types of its first use).
+#[tokio::test]
+async fn postgres_takes_rows_with_and_without_optional_fields() {
+    let pg = Postgres::start();
+    bounded(60, async {
+        let store = Store::open(&pg.url()).await.unwrap();
+        let row = |id: &str, ttft: Option<f64>, key: Option<&str>| switchyard::ledger::Row {
+            request_id: id.to_owned(),
+            ts_start_ms: 1,
+            ts_end_ms: 2,
+            key: key.map(str::to_owned),
+            model_requested: "chat".into(),
+            model: "chat".into(),
+            provider: "mock".into(),
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            stream: ttft.is_some(),
+            status: "ok",
+            http_status: 200,
+            attempts: 1,
+            prompt_tokens: 11,
+            completion_tokens: 3,
+            cached_tokens: 0,
+            usage_source: "upstream",
+            cost_usd: 0.5,
+            ttft_ms: ttft,
+            duration_ms: 3.5,
+        };
+        // Every connection of the pool sees both shapes, in both orders.
+        let shapes = [
+            (None, None),
+            (Some(1.5), Some("k")),
+            (None, Some("k")),
+            (Some(2.0), None),
+        ];
+        for round in 0..4 {
+            for (i, (ttft, key)) in shapes.into_iter().enumerate() {
+                let ttft = ttft.map(|t: f64| t + f64::from(round));
+                let r = row(&format!("r{round}-{i}"), ttft, key);
+                store.insert(&[r]).await.unwrap();
+            }
+        }
+        store
+            .insert(&[row("r4", None, None), row("r5", Some(9.0), Some("k"))])
+            .await
+            .unwrap();
+        assert_eq!(store.spent("k", 0).await.unwrap(), 0.5 * 9.0);
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM usage_ledger")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 18);
     })
     .await;
 }

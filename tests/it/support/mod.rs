@@ -3,4 +3,5 @@
 pub mod client;
 pub mod gateway;
 pub mod mock_upstream;
+pub mod postgres;
 pub mod redis;
