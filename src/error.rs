@@ -62,6 +62,8 @@ pub enum GatewayError {
     RateLimiterUnavailable,
     #[error("You exceeded your current quota: this key's budget for the period is spent.")]
     InsufficientQuota { retry_after: Duration },
+    #[error("The usage database is unavailable.")]
+    LedgerUnavailable,
     #[error("The model does not exist or you do not have access to it.")]
     ModelNotFound,
     #[error("Unknown request URL.")]
@@ -123,7 +125,8 @@ impl GatewayError {
             BackendUnavailable { .. }
             | UpstreamRateLimited { .. }
             | ServerShutdown
-            | RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | RateLimiterUnavailable
+            | LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ConfigNotApplied(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -160,6 +163,7 @@ impl GatewayError {
             RateLimited { .. } => "rate_limit_exceeded",
             RateLimiterUnavailable => "rate_limiter_unavailable",
             InsufficientQuota { .. } => "insufficient_quota",
+            LedgerUnavailable => "ledger_unavailable",
             ModelNotFound => "model_not_found",
             UnknownUrl => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -196,7 +200,9 @@ impl GatewayError {
             BackendUnavailable { retry_after } | UpstreamRateLimited { retry_after } => {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }
-            ServerShutdown | RateLimiterUnavailable => Some(Duration::from_secs(1)),
+            ServerShutdown | RateLimiterUnavailable | LedgerUnavailable => {
+                Some(Duration::from_secs(1))
+            }
             RateLimited { retry_after, .. } | InsufficientQuota { retry_after } => {
                 Some(*retry_after)
             }
@@ -214,7 +220,7 @@ impl GatewayError {
             | UpstreamDisconnected
             | ContextLengthExceeded
             | UpstreamRejected => LedgerStatus::UpstreamError,
-            Internal | ServerShutdown => LedgerStatus::InternalError,
+            Internal | ServerShutdown | LedgerUnavailable => LedgerStatus::InternalError,
             RateLimited { .. } | RateLimiterUnavailable | InsufficientQuota { .. } => {
                 LedgerStatus::RejectedRate
             }

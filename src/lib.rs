@@ -9,6 +9,7 @@
 //! access log are written in the `logging` phase (`metrics`, `proxy::logging`).
 
 pub mod accounting;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod balance;

@@ -12,6 +12,7 @@ use pingora::server::RunArgs;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::listening::Service;
 
+use crate::admin::stats::StatsApi;
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
 use crate::ledger;
@@ -89,6 +90,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
             reloader.clone(),
             limits.clone(),
             ledger,
+            Arc::new(StatsApi::new(&usage_store)),
             drain,
         ),
         server.configuration.clone(),

@@ -3,6 +3,7 @@
 //! First step of request_filter. Everything the gateway serves is listed here, so a route
 //! cannot be added without appearing in this one table.
 
+use crate::admin::stats::Report;
 use crate::api::openai::Operation;
 use crate::error::GatewayError;
 
@@ -19,6 +20,8 @@ pub enum Handler {
     ReloadConfig,
     /// `POST /api/auth/token`: a user's password for a JWT.
     IssueToken,
+    /// A usage or performance report over the ledger (management plane).
+    Stats(Report),
 }
 
 /// Who may call a route.
@@ -72,6 +75,15 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/metrics", Access::Admin, |_| Handler::Metrics),
     route("POST", "/api/config/reload", Access::Admin, |_| {
         Handler::ReloadConfig
+    }),
+    route("GET", "/api/stats/usage", Access::Admin, |_| {
+        Handler::Stats(Report::Usage)
+    }),
+    route("GET", "/api/stats/performance", Access::Admin, |_| {
+        Handler::Stats(Report::Performance)
+    }),
+    route("GET", "/api/monitoring/performance", Access::Admin, |_| {
+        Handler::Stats(Report::Monitoring)
     }),
 ];
 

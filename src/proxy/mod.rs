@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::prelude::*;
 
+use crate::admin::stats::{Report, StatsApi};
 use crate::api::models;
 use crate::auth;
 use crate::config::reload::{Reloader, Trigger};
@@ -38,6 +39,8 @@ pub struct Gateway {
     reloader: Option<Arc<Reloader>>,
     limits: Arc<Limits>,
     ledger: Ledger,
+    /// The reports over the ledger; `None` on the metrics listener.
+    stats: Option<Arc<StatsApi>>,
     drain: Drain,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
     metrics_only: bool,
@@ -49,6 +52,7 @@ impl Gateway {
         reloader: Arc<Reloader>,
         limits: Arc<Limits>,
         ledger: Ledger,
+        stats: Arc<StatsApi>,
         drain: Drain,
     ) -> Gateway {
         Gateway {
@@ -57,6 +61,7 @@ impl Gateway {
             reloader: Some(reloader),
             limits,
             ledger,
+            stats: Some(stats),
             drain,
             metrics_only: false,
         }
@@ -70,6 +75,7 @@ impl Gateway {
             reloader: None,
             limits: Arc::default(),
             ledger: Ledger::disabled(),
+            stats: None,
             drain: Drain::default(),
             metrics_only: true,
         }
@@ -154,6 +160,7 @@ impl ProxyHttp for Gateway {
             }
             Handler::ReloadConfig => self.reload_config(session, ctx).await?,
             Handler::IssueToken => issue_token(session, ctx, &state).await?,
+            Handler::Stats(report) => self.stats(session, ctx, report).await?,
         }
         Ok(true)
     }
@@ -173,6 +180,22 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    async fn stats(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        report: Report,
+    ) -> Result<()> {
+        let Some(stats) = &self.stats else {
+            return respond::send_error(session, ctx, GatewayError::UnknownUrl).await;
+        };
+        let query = session.req_header().uri.query().map(str::to_owned);
+        match stats.answer(report, query.as_deref()).await {
+            Ok(body) => send_json(session, ctx, body).await,
+            Err(e) => respond::send_error(session, ctx, e).await,
+        }
+    }
+
     /// `POST /api/config/reload`: applies the file now; 200 when the new config is live,
     /// 422 with the file's errors (and the old config still serving) when it is not.
     async fn reload_config(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {

@@ -25,6 +25,7 @@ mod limits;
 mod metrics;
 mod reload;
 mod routing;
+mod stats;
 mod streaming;
 
 use std::future::Future;
