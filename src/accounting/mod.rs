@@ -210,12 +210,42 @@ pub fn cost_usd(
     output_per_token: f64,
     cached_input_per_token: f64,
 ) -> f64 {
+    cost_parts(
+        usage,
+        input_per_token,
+        output_per_token,
+        cached_input_per_token,
+    )
+    .total()
+}
+
+/// A request's cost, split as the reference API's `cost` block reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CostParts {
+    /// Prompt tokens, cached ones at the cached price.
+    pub input_usd: f64,
+    pub output_usd: f64,
+}
+
+impl CostParts {
+    pub fn total(&self) -> f64 {
+        self.input_usd + self.output_usd
+    }
+}
+
+pub fn cost_parts(
+    usage: &Usage,
+    input_per_token: f64,
+    output_per_token: f64,
+    cached_input_per_token: f64,
+) -> CostParts {
     let cached = usage.cached_tokens.min(usage.prompt_tokens);
     let uncached = usage.prompt_tokens.saturating_sub(cached);
     // u64 → f64 rounds above 2^53 but cannot overflow: the cost stays finite.
-    uncached as f64 * input_per_token
-        + cached as f64 * cached_input_per_token
-        + usage.completion_tokens as f64 * output_per_token
+    CostParts {
+        input_usd: uncached as f64 * input_per_token + cached as f64 * cached_input_per_token,
+        output_usd: usage.completion_tokens as f64 * output_per_token,
+    }
 }
 
 #[cfg(test)]

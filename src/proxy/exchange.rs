@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use tokio::time::timeout_at;
 
-use crate::accounting::{self, StreamTally, Usage, UsageSource, tokenizer};
+use crate::accounting::{self, CostParts, StreamTally, Usage, UsageSource, tokenizer};
 use crate::api::openai::{ChatRequest, Operation};
 use crate::api::sse::{self, SseFramer};
 use crate::api::stream::{self as chunks, ChunkKind};
@@ -572,7 +572,12 @@ async fn buffered(
             .await
         }
     };
-    settle(ctx, model, usage, source);
+    let cost = settle(ctx, model, usage, source);
+    if wants_cost(session)
+        && let Some(block) = cost_block(cost)
+    {
+        top.set("cost", block);
+    }
     pool.release(up, &peer).await;
     let h = respond::header(200, "application/json", ctx).map_err(|_| GatewayError::Internal)?;
     respond::send_body(session, ctx, h, Bytes::from(top.to_vec()))
@@ -626,7 +631,7 @@ async fn stream(
             // Counted before the end goes out, so the key's budget is charged by the time
             // the client can send its next request.
             let (usage, source) = stream_usage(req, tally).await;
-            settle(ctx, model, usage, source);
+            let _ = settle(ctx, model, usage, source);
             let _ = session.write_response_body(None, true).await;
             linger_and_release(pool, up, &peer).await;
             return Ok(());
@@ -649,7 +654,7 @@ async fn stream(
         }
     };
     let (usage, source) = stream_usage(req, tally).await;
-    settle(ctx, model, usage, source);
+    let _ = settle(ctx, model, usage, source);
     result
 }
 
@@ -794,20 +799,42 @@ async fn linger_and_release(
 }
 
 /// Records the request's usage and cost, and charges the cost to the key's budget.
-fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource) {
+fn settle(ctx: &mut RequestCtx, model: &Model, usage: Usage, source: UsageSource) -> CostParts {
     ctx.usage = usage;
     ctx.usage_source = source;
-    ctx.cost_usd = model.pricing.as_ref().map_or(0.0, |p| {
-        accounting::cost_usd(
+    let parts = model.pricing.as_ref().map_or(CostParts::default(), |p| {
+        accounting::cost_parts(
             &usage,
             p.input_per_token,
             p.output_per_token,
             p.cached_input_per_token,
         )
     });
+    ctx.cost_usd = parts.total();
     if let Some(charge) = ctx.budget_charge.take() {
         charge.charge(ctx.cost_usd);
     }
+    parts
+}
+
+/// Whether the client asked for the `cost` block (`x-switchyard-cost: true`).
+fn wants_cost(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get("x-switchyard-cost")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// `{"input_cost","output_cost","total_cost"}` in USD, as the multi-model API reference
+/// shows it.
+fn cost_block(parts: CostParts) -> Option<Box<serde_json::value::RawValue>> {
+    let v = serde_json::json!({
+        "input_cost": parts.input_usd,
+        "output_cost": parts.output_usd,
+        "total_cost": parts.total(),
+    });
+    serde_json::value::to_raw_value(&v).ok()
 }
 
 fn count_attempt(provider: &str, outcome: &str) {

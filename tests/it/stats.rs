@@ -154,3 +154,36 @@ async fn reports_over_the_postgres_ledger() {
     )
     .await;
 }
+
+/// `x-switchyard-cost: true` adds the reference API's `cost` block to a response.
+#[tokio::test]
+async fn the_cost_block_comes_on_request() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        let gw = Gateway::start(setup(&mock, "")).await;
+        let auth = format!("Bearer {KEY}");
+        let body = chat_body("chat", false).to_string();
+        let with = gw
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", &auth),
+                    ("x-switchyard-cost", "true"),
+                ],
+                body.as_bytes(),
+            )
+            .await;
+        let v = with.json();
+        // 11 prompt and 3 completion tokens at $1000 / 1M each.
+        let close = |x: &serde_json::Value, want: f64| (x.as_f64().unwrap() - want).abs() < 1e-12;
+        assert!(close(&v["cost"]["input_cost"], 0.011), "{v}");
+        assert!(close(&v["cost"]["output_cost"], 0.003), "{v}");
+        assert!(close(&v["cost"]["total_cost"], 0.014), "{v}");
+        assert_eq!(v["usage"]["total_tokens"], 14);
+        let without = chat(&gw, "chat", false).await.json();
+        assert!(without.get("cost").is_none(), "only when asked: {without}");
+    })
+    .await;
+}
