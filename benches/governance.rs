@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use switchyard::auth;
+use switchyard::auth::virtual_keys::VirtualKeys;
 use switchyard::config::{self, Config};
 use switchyard::ledger::{Row, Store};
 use switchyard::limits::{Check, Limiter, Scope};
@@ -40,13 +41,16 @@ fn config() -> Config {
 fn decisions(rt: &tokio::runtime::Runtime) -> f64 {
     let config = config();
     let limiter = Limiter::default();
+    let virtual_keys = VirtualKeys::new("sqlite://unused.db");
     let mut headers = HeaderMap::new();
     headers.insert("authorization", "Bearer sk-bench-42".parse().unwrap());
     let model = &config.models["chat"];
     let window = config.rate_limits.window;
     let one = || async {
-        let name = auth::authenticate(&config, &headers).unwrap().unwrap();
-        let key = &config.keys[&name];
+        let who = auth::authenticate(&config, &virtual_keys, &headers)
+            .unwrap()
+            .unwrap();
+        let key = who.key().unwrap();
         let checks = [
             Check {
                 scope: Scope::Key(key.name.clone()),
@@ -86,7 +90,7 @@ fn row(i: usize) -> Row {
         model: "chat".into(),
         provider: "vllm-pool".into(),
         endpoint: "http://10.0.0.5:8000/v1".into(),
-        stream: i % 2 == 0,
+        stream: i.is_multiple_of(2),
         status: "ok",
         http_status: 200,
         attempts: 1,
@@ -95,7 +99,7 @@ fn row(i: usize) -> Row {
         cached_tokens: 0,
         usage_source: "upstream",
         cost_usd: 0.000_27,
-        ttft_ms: (i % 2 == 0).then_some(180.5),
+        ttft_ms: i.is_multiple_of(2).then_some(180.5),
         duration_ms: 2400.0,
     }
 }

@@ -64,6 +64,10 @@ pub enum GatewayError {
     InsufficientQuota { retry_after: Duration },
     #[error("The usage database is unavailable.")]
     LedgerUnavailable,
+    #[error("'{0}' is already taken.")]
+    Conflict(&'static str),
+    #[error("No such key.")]
+    KeyNotFound,
     #[error("The model does not exist or you do not have access to it.")]
     ModelNotFound,
     #[error("Unknown request URL.")]
@@ -115,8 +119,9 @@ impl GatewayError {
             | ContextLengthExceeded
             | UpstreamRejected => StatusCode::BAD_REQUEST,
             InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Conflict(_) => StatusCode::CONFLICT,
             RateLimited { .. } | InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ModelNotFound | UnknownUrl => StatusCode::NOT_FOUND,
+            ModelNotFound | UnknownUrl | KeyNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -164,6 +169,8 @@ impl GatewayError {
             RateLimiterUnavailable => "rate_limiter_unavailable",
             InsufficientQuota { .. } => "insufficient_quota",
             LedgerUnavailable => "ledger_unavailable",
+            Conflict(_) => "already_exists",
+            KeyNotFound => "key_not_found",
             ModelNotFound => "model_not_found",
             UnknownUrl => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -187,7 +194,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&'static str> {
         use GatewayError::*;
         match self {
-            InvalidType(p) | MissingParameter(p) | InvalidValue(p) => Some(p),
+            InvalidType(p) | MissingParameter(p) | InvalidValue(p) | Conflict(p) => Some(p),
             InvalidModelName | ModelNotFound => Some("model"),
             _ => None,
         }

@@ -13,6 +13,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::listening::Service;
 
 use crate::admin::stats::StatsApi;
+use crate::auth::virtual_keys::{KeySync, VirtualKeys};
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
 use crate::ledger;
@@ -67,6 +68,8 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let metrics_listen = config.server.metrics_listen;
     let config_grace = config.server.grace_period;
     let usage_store = config.usage_store.clone();
+    let virtual_keys = Arc::new(VirtualKeys::new(&usage_store));
+    virtual_keys.preload();
     let limits = Arc::new(Limits {
         rates: Limiter::new(
             config.rate_limits.redis.as_deref(),
@@ -91,6 +94,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
             limits.clone(),
             ledger,
             Arc::new(StatsApi::new(&usage_store)),
+            virtual_keys.clone(),
             drain,
         ),
         server.configuration.clone(),
@@ -109,7 +113,16 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     server.add_service(background_service("ledger", ledger_service));
     server.add_service(background_service(
         "budgets",
-        BudgetService::new(limits.budgets.clone(), shared.clone(), &usage_store),
+        BudgetService::new(
+            limits.budgets.clone(),
+            shared.clone(),
+            virtual_keys.clone(),
+            &usage_store,
+        ),
+    ));
+    server.add_service(background_service(
+        "virtual keys",
+        KeySync::new(virtual_keys),
     ));
     server.add_service(background_service(
         "config reload",

@@ -8,12 +8,42 @@
 //! the client presents — a hash-map lookup, never a comparison of secret bytes.
 
 pub mod jwt;
+pub mod virtual_keys;
+
+use std::sync::Arc;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Role};
+use crate::config::{ApiKey, Config, Role};
 use crate::error::GatewayError;
+use virtual_keys::VirtualKeys;
+
+/// Who a data-plane request runs as.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A key of the file or a virtual key: its allowlist, limits and budget apply.
+    Key(Arc<ApiKey>),
+    /// A user's JWT, as `user:NAME`.
+    User(String),
+}
+
+impl Principal {
+    /// The name the ledger, logs and metrics carry.
+    pub fn name(&self) -> String {
+        match self {
+            Principal::Key(k) => k.name.clone(),
+            Principal::User(u) => format!("user:{u}"),
+        }
+    }
+
+    pub fn key(&self) -> Option<&Arc<ApiKey>> {
+        match self {
+            Principal::Key(k) => Some(k),
+            Principal::User(_) => None,
+        }
+    }
+}
 
 /// The credential a request presents: `Authorization: Bearer <token>` or `X-API-Key`.
 fn presented(headers: &HeaderMap) -> Option<&[u8]> {
@@ -28,27 +58,39 @@ fn digest_hex(token: &[u8]) -> String {
     hex::encode(Sha256::digest(token))
 }
 
-/// Who a data-plane request runs as: `Ok(None)` when no keys are configured (auth off);
-/// else the key's config name, or `user:NAME` for a user's JWT; else `InvalidApiKey` (the
-/// same error, byte for byte, for a missing, unknown, malformed or expired credential).
-pub fn authenticate(config: &Config, headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
-    if config.keys.is_empty() {
+/// Who a data-plane request runs as: `Ok(None)` while no keys exist (auth off); else a key
+/// of the file, a virtual key, or a user's JWT; else `InvalidApiKey` (the same error, byte
+/// for byte, for a missing, unknown, revoked, malformed or expired credential).
+pub fn authenticate(
+    config: &Config,
+    virtual_keys: &VirtualKeys,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, GatewayError> {
+    if config.keys.is_empty() && virtual_keys.is_empty() {
         return Ok(None);
     }
     let token = presented(headers).ok_or(GatewayError::InvalidApiKey)?;
-    if let Some(name) = config.key_digests.get(&digest_hex(token)) {
-        return Ok(Some(name.clone()));
+    let digest = digest_hex(token);
+    if let Some(key) = config
+        .key_digests
+        .get(&digest)
+        .and_then(|name| config.keys.get(name))
+    {
+        return Ok(Some(Principal::Key(key.clone())));
+    }
+    if let Some(key) = virtual_keys.lookup(&digest) {
+        return Ok(Some(Principal::Key(key)));
     }
     token_user(config, token)
-        .map(|user| Some(format!("user:{}", user.name)))
+        .map(|user| Some(Principal::User(user.name)))
         .ok_or(GatewayError::InvalidApiKey)
 }
 
 /// Whether a management request may proceed: the admin token, or a JWT of a user with role
 /// admin. With neither configured, only while no keys are (auth off).
-pub fn admin_allowed(config: &Config, headers: &HeaderMap) -> bool {
+pub fn admin_allowed(config: &Config, virtual_keys: &VirtualKeys, headers: &HeaderMap) -> bool {
     let Some(token) = presented(headers) else {
-        return auth_off(config);
+        return auth_off(config, virtual_keys);
     };
     if let Some(want) = &config.server.admin_token
         && digests_equal(&digest_hex(token), want.expose())
@@ -58,12 +100,15 @@ pub fn admin_allowed(config: &Config, headers: &HeaderMap) -> bool {
     if token_user(config, token).is_some_and(|u| u.role == Role::Admin) {
         return true;
     }
-    auth_off(config)
+    auth_off(config, virtual_keys)
 }
 
 /// No keys, no admin token, no users: nothing to check the management routes against.
-fn auth_off(config: &Config) -> bool {
-    config.keys.is_empty() && config.server.admin_token.is_none() && config.jwt.is_none()
+fn auth_off(config: &Config, virtual_keys: &VirtualKeys) -> bool {
+    config.keys.is_empty()
+        && virtual_keys.is_empty()
+        && config.server.admin_token.is_none()
+        && config.jwt.is_none()
 }
 
 fn token_user(config: &Config, token: &[u8]) -> Option<jwt::TokenUser> {
@@ -104,8 +149,9 @@ mod tests {
     #[test]
     fn without_keys_auth_is_off() {
         let c = config("");
-        assert!(authenticate(&c, &HeaderMap::new()).unwrap().is_none());
-        assert!(admin_allowed(&c, &HeaderMap::new()));
+        let v = VirtualKeys::new("sqlite://unused.db");
+        assert!(authenticate(&c, &v, &HeaderMap::new()).unwrap().is_none());
+        assert!(admin_allowed(&c, &v, &HeaderMap::new()));
     }
 
     #[test]
@@ -114,10 +160,16 @@ mod tests {
             "keys:\n  a: {{ key: sk-alpha }}\n  b: {{ key: \"sha256:{}\" }}\n",
             sha256_hex("sk-beta")
         ));
-        let a = authenticate(&c, &headers(&[("authorization", "Bearer sk-alpha")])).unwrap();
-        assert_eq!(a.as_deref(), Some("a"));
-        let b = authenticate(&c, &headers(&[("x-api-key", "sk-beta")])).unwrap();
-        assert_eq!(b.as_deref(), Some("b"));
+        let v = VirtualKeys::new("sqlite://unused.db");
+        let name = |h: HeaderMap| authenticate(&c, &v, &h).unwrap().map(|p| p.name());
+        assert_eq!(
+            name(headers(&[("authorization", "Bearer sk-alpha")])).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            name(headers(&[("x-api-key", "sk-beta")])).as_deref(),
+            Some("b")
+        );
         for bad in [
             headers(&[]),
             headers(&[("authorization", "Bearer sk-alphA")]),
@@ -125,12 +177,12 @@ mod tests {
             headers(&[("authorization", "Bearer ")]),
         ] {
             assert_eq!(
-                authenticate(&c, &bad).err(),
+                authenticate(&c, &v, &bad).err(),
                 Some(GatewayError::InvalidApiKey)
             );
         }
         assert!(
-            !admin_allowed(&c, &headers(&[("authorization", "Bearer sk-alpha")])),
+            !admin_allowed(&c, &v, &headers(&[("authorization", "Bearer sk-alpha")])),
             "keys without admin_token close the management routes"
         );
     }
@@ -146,23 +198,28 @@ mod tests {
                 server: config_server(&token),
                 ..c
             };
+            let v = VirtualKeys::new("sqlite://unused.db");
             assert!(admin_allowed(
                 &c,
+                &v,
                 &headers(&[("authorization", "Bearer s3cret-admin")])
             ));
             assert!(admin_allowed(
                 &c,
+                &v,
                 &headers(&[("x-api-key", "s3cret-admin")])
             ));
             assert!(!admin_allowed(
                 &c,
+                &v,
                 &headers(&[("authorization", "Bearer s3cret-admiN")])
             ));
             assert!(!admin_allowed(
                 &c,
+                &v,
                 &headers(&[("authorization", "Bearer sk-alpha")])
             ));
-            assert!(!admin_allowed(&c, &HeaderMap::new()));
+            assert!(!admin_allowed(&c, &v, &HeaderMap::new()));
         }
     }
 

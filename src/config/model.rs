@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::secret::SecretString;
@@ -21,8 +22,8 @@ pub struct Config {
     pub aliases: HashMap<String, String>,
     /// First match wins; consulted before aliases.
     pub routes: Vec<Route>,
-    /// API keys by config name; none means auth is off.
-    pub keys: BTreeMap<String, ApiKey>,
+    /// API keys by config name; none (and no virtual keys) means auth is off.
+    pub keys: BTreeMap<String, Arc<ApiKey>>,
     /// Key digest (lowercase hex SHA-256) → key name: how a presented key is found.
     pub key_digests: HashMap<String, String>,
     pub rate_limits: RateLimitSettings,

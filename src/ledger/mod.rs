@@ -9,6 +9,7 @@
 //! flushes what is queued when the server stops. Both databases go through sqlx's `Any`
 //! driver, so they share every statement (`store.rs`).
 
+pub mod keys;
 pub mod stats;
 mod store;
 

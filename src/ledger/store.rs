@@ -39,9 +39,10 @@ const COLUMNS: &[&str] = &[
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// Schema versions, applied in order, each once. Types both databases accept.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE IF NOT EXISTS usage_ledger (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS usage_ledger (
         request_id TEXT NOT NULL,
         ts_start BIGINT NOT NULL,
         ts_end BIGINT NOT NULL,
@@ -63,7 +64,23 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         duration_ms DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX IF NOT EXISTS usage_ledger_ts_start ON usage_ledger (ts_start);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS virtual_keys (
+        name TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        models TEXT NOT NULL,
+        rpm BIGINT,
+        tpm BIGINT,
+        concurrency BIGINT,
+        budget_usd DOUBLE PRECISION,
+        budget_period TEXT,
+        created_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    )",
+    ),
+];
 
 /// An open ledger database.
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
 
+use crate::auth::virtual_keys::VirtualKeys;
 use crate::config::{ApiKey, Budget, BudgetPeriod};
 use crate::ledger::Store;
 use crate::state::SharedState;
@@ -190,29 +191,56 @@ fn period_end(period: BudgetPeriod, now: DateTime<Utc>) -> i64 {
 pub struct BudgetService {
     budgets: Arc<Budgets>,
     state: SharedState,
+    virtual_keys: Arc<VirtualKeys>,
     url: String,
 }
 
 impl BudgetService {
-    pub fn new(budgets: Arc<Budgets>, state: SharedState, url: &str) -> BudgetService {
+    pub fn new(
+        budgets: Arc<Budgets>,
+        state: SharedState,
+        virtual_keys: Arc<VirtualKeys>,
+        url: &str,
+    ) -> BudgetService {
         BudgetService {
             budgets,
             state,
+            virtual_keys,
             url: url.to_owned(),
         }
     }
 
+    /// Every key with a budget: the file's and the virtual ones.
+    fn budgeted(&self) -> Vec<(String, Budget)> {
+        let state = self.state.load();
+        let from_file = state
+            .config
+            .keys
+            .values()
+            .filter_map(|k| Some((k.name.clone(), k.budget?)));
+        let virtual_keys = self.virtual_keys.records();
+        let from_api = virtual_keys.iter().filter_map(|r| {
+            let period = crate::auth::virtual_keys::budget_period(r.budget_period.as_deref()?)?;
+            Some((
+                r.name.clone(),
+                Budget {
+                    usd: r.budget_usd?,
+                    period,
+                },
+            ))
+        });
+        from_file.chain(from_api).collect()
+    }
+
     /// Re-reads every budgeted key's spend; `false` if the ledger could not be read.
     async fn sync(&self, store: &Store) -> bool {
-        let state = self.state.load();
         let now = Utc::now();
-        for key in state.config.keys.values() {
-            let Some(budget) = &key.budget else { continue };
+        for (name, budget) in self.budgeted() {
             let start = period_start(budget.period, now);
-            match store.spent(&key.name, start * 1000).await {
-                Ok(usd) => self.budgets.synced(&key.name, start, usd),
+            match store.spent(&name, start * 1000).await {
+                Ok(usd) => self.budgets.synced(&name, start, usd),
                 Err(err) => {
-                    tracing::warn!(error = %err, key = %key.name, "budget: could not read spend from the ledger");
+                    tracing::warn!(error = %err, key = %name, "budget: could not read spend from the ledger");
                     return false;
                 }
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::accounting::{Usage, UsageSource};
+use crate::config::ApiKey;
 use crate::error::{GatewayError, LedgerStatus};
 use crate::limits::budget::BudgetCharge;
 use crate::limits::{Headroom, Hold};
@@ -21,8 +22,10 @@ pub struct RequestCtx {
     pub state: Option<Arc<LiveState>>,
     /// Whether this was an LLM exchange (the requests that get an access-log row).
     pub exchange: bool,
-    /// The API key the request runs as (its config name); `None` while auth is off.
+    /// Who the request runs as (a key's name, or `user:NAME`); `None` while auth is off.
     pub key: Option<String>,
+    /// The key's allowlist, limits and budget, when a key authenticated the request.
+    pub api_key: Option<Arc<ApiKey>>,
     pub model_requested: Option<String>,
     /// The resolved model and target; only configured names ever land here.
     pub model: Option<String>,
@@ -58,6 +61,7 @@ impl Default for RequestCtx {
             state: None,
             exchange: false,
             key: None,
+            api_key: None,
             model_requested: None,
             model: None,
             provider: None,

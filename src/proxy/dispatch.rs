@@ -22,6 +22,10 @@ pub enum Handler {
     IssueToken,
     /// A usage or performance report over the ledger (management plane).
     Stats(Report),
+    ListKeys,
+    CreateKey,
+    UpdateKey(String),
+    RevokeKey(String),
 }
 
 /// Who may call a route.
@@ -42,6 +46,8 @@ pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
+    /// Every method of this path, for a 405's `Allow`.
+    allow: &'static str,
     make: fn(&str) -> Handler,
 }
 
@@ -85,6 +91,26 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/api/monitoring/performance", Access::Admin, |_| {
         Handler::Stats(Report::Monitoring)
     }),
+    Route {
+        allow: "GET, POST",
+        ..route("GET", "/api/keys", Access::Admin, |_| Handler::ListKeys)
+    },
+    Route {
+        allow: "GET, POST",
+        ..route("POST", "/api/keys", Access::Admin, |_| Handler::CreateKey)
+    },
+    Route {
+        allow: "PATCH, DELETE",
+        ..route("PATCH", "/api/keys/{id}", Access::Admin, |id| {
+            Handler::UpdateKey(id.to_owned())
+        })
+    },
+    Route {
+        allow: "PATCH, DELETE",
+        ..route("DELETE", "/api/keys/{id}", Access::Admin, |id| {
+            Handler::RevokeKey(id.to_owned())
+        })
+    },
 ];
 
 const fn route(
@@ -97,6 +123,7 @@ const fn route(
         method,
         path,
         access,
+        allow: method,
         make,
     }
 }
@@ -116,16 +143,18 @@ impl Route {
 
 /// Resolves a request line to its handler and access. Query strings are not part of `path`.
 pub fn dispatch(method: &http::Method, path: &str) -> Result<(Handler, Access), GatewayError> {
+    let mut allow = None;
     for r in ROUTES {
         if let Some(handler) = r.matches(path) {
-            return if method.as_str() == r.method {
-                Ok((handler, r.access))
-            } else {
-                Err(GatewayError::MethodNotAllowed { allow: r.method })
-            };
+            if method.as_str() == r.method {
+                return Ok((handler, r.access));
+            }
+            allow = Some(r.allow);
         }
     }
-    Err(GatewayError::UnknownUrl)
+    Err(allow.map_or(GatewayError::UnknownUrl, |allow| {
+        GatewayError::MethodNotAllowed { allow }
+    }))
 }
 
 #[cfg(test)]
@@ -162,6 +191,14 @@ mod tests {
         assert_eq!(
             dispatch(&Method::DELETE, "/health"),
             Err(GatewayError::MethodNotAllowed { allow: "GET" })
+        );
+        assert_eq!(
+            dispatch(&Method::DELETE, "/api/keys/team"),
+            Ok((Handler::RevokeKey("team".into()), Access::Admin))
+        );
+        assert_eq!(
+            dispatch(&Method::PUT, "/api/keys"),
+            Err(GatewayError::MethodNotAllowed { allow: "GET, POST" })
         );
     }
 

@@ -111,8 +111,8 @@ async fn run(
     ctx.stream = req.stream;
     let plan = {
         // Scoped: the caller view borrows the session, which the attempts need again.
-        let key = ctx.key.as_deref().and_then(|k| config.keys.get(k));
-        let may_use = |model: &str| key.is_none_or(|k| k.may_use(model));
+        let key = ctx.api_key.clone();
+        let may_use = |model: &str| key.as_ref().is_none_or(|k| k.may_use(model));
         let caller = Caller {
             headers: &SessionHeaders(session),
             may_use: &may_use,
@@ -226,8 +226,8 @@ async fn admit(
     model: &Model,
     reserve: u64,
 ) -> Result<(), GatewayError> {
-    let key = ctx.key.as_deref().and_then(|k| state.config.keys.get(k));
-    if let Some(k) = key.filter(|k| k.budget.is_some()) {
+    let key = ctx.api_key.clone();
+    if let Some(k) = key.as_ref().filter(|k| k.budget.is_some()) {
         limits.budgets.ready().await;
         match limits.budgets.check(k, chrono::Utc::now()) {
             Ok(charge) => ctx.budget_charge = charge,
@@ -235,7 +235,7 @@ async fn admit(
         }
     }
     let mut checks = Vec::with_capacity(2);
-    if let Some(k) = key.filter(|k| !k.limits.is_empty()) {
+    if let Some(k) = key.as_ref().filter(|k| !k.limits.is_empty()) {
         checks.push(Check {
             scope: Scope::Key(k.name.clone()),
             limits: k.limits,
@@ -257,7 +257,7 @@ async fn admit(
     {
         Ok(Some((held, room))) => {
             // Headers for rate-limited keys only (contract §3).
-            if key.is_some_and(|k| !k.limits.is_empty()) {
+            if key.as_ref().is_some_and(|k| !k.limits.is_empty()) {
                 ctx.headroom = Some(room);
             }
             ctx.admission = Some(held);

@@ -18,9 +18,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::prelude::*;
 
-use crate::admin::stats::{Report, StatsApi};
+use crate::admin::{
+    self,
+    stats::{Report, StatsApi},
+};
 use crate::api::models;
-use crate::auth;
+use crate::auth::virtual_keys::VirtualKeys;
+use crate::auth::{self, Principal};
 use crate::config::reload::{Reloader, Trigger};
 use crate::error::GatewayError;
 use crate::ledger::Ledger;
@@ -41,6 +45,7 @@ pub struct Gateway {
     ledger: Ledger,
     /// The reports over the ledger; `None` on the metrics listener.
     stats: Option<Arc<StatsApi>>,
+    virtual_keys: Arc<VirtualKeys>,
     drain: Drain,
     /// Serving `server.metrics_listen`: only `GET /metrics`, no auth, nothing else.
     metrics_only: bool,
@@ -53,6 +58,7 @@ impl Gateway {
         limits: Arc<Limits>,
         ledger: Ledger,
         stats: Arc<StatsApi>,
+        virtual_keys: Arc<VirtualKeys>,
         drain: Drain,
     ) -> Gateway {
         Gateway {
@@ -62,6 +68,7 @@ impl Gateway {
             limits,
             ledger,
             stats: Some(stats),
+            virtual_keys,
             drain,
             metrics_only: false,
         }
@@ -76,6 +83,7 @@ impl Gateway {
             limits: Arc::default(),
             ledger: Ledger::disabled(),
             stats: None,
+            virtual_keys: Arc::new(VirtualKeys::new("")),
             drain: Drain::default(),
             metrics_only: true,
         }
@@ -127,7 +135,7 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        if let Err(e) = authorize(session, ctx, &state, access) {
+        if let Err(e) = authorize(session, ctx, &state, &self.virtual_keys, access) {
             respond::send_error(session, ctx, e).await?;
             return Ok(true);
         }
@@ -136,11 +144,11 @@ impl ProxyHttp for Gateway {
                 exchange::serve(&self.pool, &self.limits, session, ctx, state, op).await?
             }
             Handler::ListModels => {
-                let body = models::list(&state.config, may_use(ctx, &state), state.built_at);
+                let body = models::list(&state.config, may_use(ctx), state.built_at);
                 send_json(session, ctx, body).await?;
             }
             Handler::GetModel(id) => {
-                match models::get(&state.config, &id, may_use(ctx, &state), state.built_at) {
+                match models::get(&state.config, &id, may_use(ctx), state.built_at) {
                     Some(body) => send_json(session, ctx, body).await?,
                     None => respond::send_error(session, ctx, GatewayError::ModelNotFound).await?,
                 }
@@ -161,6 +169,13 @@ impl ProxyHttp for Gateway {
             Handler::ReloadConfig => self.reload_config(session, ctx).await?,
             Handler::IssueToken => issue_token(session, ctx, &state).await?,
             Handler::Stats(report) => self.stats(session, ctx, report).await?,
+            Handler::ListKeys => {
+                let body = admin::keys::list(&state.config, &self.virtual_keys);
+                send_json(session, ctx, body).await?;
+            }
+            Handler::CreateKey | Handler::UpdateKey(_) | Handler::RevokeKey(_) => {
+                self.change_key(session, ctx, &state, handler).await?;
+            }
         }
         Ok(true)
     }
@@ -180,6 +195,46 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Creates (201), updates or revokes a virtual key.
+    async fn change_key(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        state: &LiveState,
+        handler: Handler,
+    ) -> Result<()> {
+        let limits = &state.config.server.limits;
+        let body = match handler {
+            Handler::RevokeKey(_) => Bytes::new(),
+            _ => match read_small_body(session, MAX_LOGIN_BODY, limits.body_timeout).await {
+                Ok(b) => b,
+                Err(e) => return respond::send_error(session, ctx, e).await,
+            },
+        };
+        let (status, answer) = match handler {
+            Handler::CreateKey => (
+                201,
+                admin::keys::create(&state.config, &self.virtual_keys, &body).await,
+            ),
+            Handler::UpdateKey(name) => (
+                200,
+                admin::keys::update(&state.config, &self.virtual_keys, &name, &body).await,
+            ),
+            Handler::RevokeKey(name) => (
+                200,
+                admin::keys::revoke(&state.config, &self.virtual_keys, &name).await,
+            ),
+            _ => (500, Err(GatewayError::Internal)),
+        };
+        match answer {
+            Ok(body) => {
+                let h = respond::header(status, "application/json", ctx)?;
+                respond::send_body(session, ctx, h, Bytes::from(body)).await
+            }
+            Err(e) => respond::send_error(session, ctx, e).await,
+        }
+    }
+
     async fn stats(
         &self,
         session: &mut Session,
@@ -220,7 +275,7 @@ impl Gateway {
     }
 }
 
-/// Largest login body read.
+/// Largest management request body read (logins, keys).
 const MAX_LOGIN_BODY: usize = 16 * 1024;
 
 /// `POST /api/auth/token`: `{"username","password"}` → `{"access_token","token_type",
@@ -285,24 +340,27 @@ fn authorize(
     session: &Session,
     ctx: &mut RequestCtx,
     state: &LiveState,
+    virtual_keys: &VirtualKeys,
     access: Access,
 ) -> Result<(), GatewayError> {
     let headers = &session.req_header().headers;
     match access {
         Access::Public => Ok(()),
         Access::Key => {
-            ctx.key = auth::authenticate(&state.config, headers)?;
+            let who = auth::authenticate(&state.config, virtual_keys, headers)?;
+            ctx.key = who.as_ref().map(Principal::name);
+            ctx.api_key = who.as_ref().and_then(Principal::key).cloned();
             Ok(())
         }
-        Access::Admin if auth::admin_allowed(&state.config, headers) => Ok(()),
+        Access::Admin if auth::admin_allowed(&state.config, virtual_keys, headers) => Ok(()),
         Access::Admin => Err(GatewayError::InvalidApiKey),
     }
 }
 
 /// The model allowlist of the request's key (all models while auth is off).
-fn may_use<'a>(ctx: &RequestCtx, state: &'a LiveState) -> impl Fn(&str) -> bool + 'a {
-    let key = ctx.key.as_deref().and_then(|k| state.config.keys.get(k));
-    move |model| key.is_none_or(|k| k.may_use(model))
+fn may_use(ctx: &RequestCtx) -> impl Fn(&str) -> bool + use<> {
+    let key = ctx.api_key.clone();
+    move |model| key.as_ref().is_none_or(|k| k.may_use(model))
 }
 
 async fn send_json(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>) -> Result<()> {

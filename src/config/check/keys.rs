@@ -3,6 +3,7 @@
 //! load, so a reload that breaks a key is rejected like any other invalid file.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSetBuilder};
 
@@ -25,7 +26,7 @@ impl Checker<'_> {
         &mut self,
         path: &KeyPath,
         raw: BTreeMap<String, RawKey>,
-    ) -> (BTreeMap<String, ApiKey>, HashMap<String, String>) {
+    ) -> (BTreeMap<String, Arc<ApiKey>>, HashMap<String, String>) {
         let mut keys = BTreeMap::new();
         let mut digests: HashMap<String, String> = HashMap::new();
         for (name, key) in raw {
@@ -57,12 +58,12 @@ impl Checker<'_> {
                 .unwrap_or_default();
             keys.insert(
                 name.clone(),
-                ApiKey {
+                Arc::new(ApiKey {
                     name,
                     models,
                     limits,
                     budget,
-                },
+                }),
             );
         }
         (keys, digests)
@@ -142,7 +143,11 @@ impl Checker<'_> {
         })
     }
 
-    fn model_globs(&mut self, path: &KeyPath, globs: &[String]) -> Option<globset::GlobSet> {
+    pub(super) fn model_globs(
+        &mut self,
+        path: &KeyPath,
+        globs: &[String],
+    ) -> Option<globset::GlobSet> {
         let mut set = GlobSetBuilder::new();
         for (i, pattern) in globs.iter().enumerate() {
             match Glob::new(pattern) {
