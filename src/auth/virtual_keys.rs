@@ -193,6 +193,7 @@ fn api_key(r: &KeyRecord) -> Option<ApiKey> {
             concurrency: positive(r.concurrency),
         },
         budget,
+        model_limits: std::collections::HashMap::new(),
     })
 }
 

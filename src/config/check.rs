@@ -180,7 +180,7 @@ impl Checker<'_> {
             raw.server.unwrap_or_default(),
             keys_present,
         );
-        let (keys, key_digests) = self.keys(&root.key("keys"), raw.keys.unwrap_or_default());
+        let (mut keys, key_digests) = self.keys(&root.key("keys"), raw.keys.unwrap_or_default());
         let rate_limits = self.rate_limits(
             &root.key("rate_limits"),
             raw.rate_limits.unwrap_or_default(),
@@ -199,6 +199,7 @@ impl Checker<'_> {
         let fallbacks = self.fallbacks(&models_path, &raw_models, &names);
         let routes = self.routes(&root.key("routes"), raw.routes.unwrap_or_default(), &names);
         self.fallback_cycles(&models_path, &fallbacks);
+        self.key_model_names(&root.key("keys"), &mut keys, &models, &aliases);
         for (name, list) in fallbacks {
             if let Some(model) = models.get_mut(&name) {
                 model.fallbacks = list.into_iter().map(|(target, _)| target).collect();
@@ -1300,7 +1301,7 @@ models:
     limits: { rpm: 0, tpm: 100 }
 keys:
   a: { key: canary-key-one, models: [\"m*\", \"[\"], limits: { rpm: 5, concurrency: 0 } }
-  b: { key: canary-key-one }
+  b: { key: canary-key-one, model_limits: { nope: { rpm: 1 } } }
 rate_limits: { window: 90s }
 ";
         let found = errors(text);
@@ -1312,6 +1313,7 @@ rate_limits: { window: 90s }
                 "t.yaml:8:44: invalid model glob: unclosed character class; missing ']'",
                 "t.yaml:8:81: a limit must be at least 1 (leave it out for none)",
                 "t.yaml:9:13: the same key as `a`",
+                "t.yaml:9:45: unknown model `nope`",
                 "t.yaml:10:24: window must be whole seconds, at most 60s",
             ],
             "non-loopback `listen` is fine with keys"

@@ -43,6 +43,8 @@ pub struct ApiKey {
     pub models: Option<globset::GlobSet>,
     pub limits: RateLimits,
     pub budget: Option<Budget>,
+    /// Limits of this key on one model (`model_limits:`), by model name.
+    pub model_limits: HashMap<String, RateLimits>,
 }
 
 /// A key's spending cap per calendar period (UTC).

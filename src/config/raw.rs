@@ -284,6 +284,8 @@ pub struct RawKey {
     pub limits: Option<RawKeyLimits>,
     #[serde(default)]
     pub budget: Option<RawBudget>,
+    #[serde(default)]
+    pub model_limits: Option<BTreeMap<String, RawModelLimits>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -66,6 +66,8 @@ pub struct Quota {
 pub enum Scope {
     Key(String),
     Model(String),
+    /// One key on one model.
+    KeyModel(String, String),
 }
 
 #[derive(Debug)]

@@ -133,6 +133,7 @@ fn keys_of(scope: &Scope) -> [String; 3] {
     let tag = match scope {
         Scope::Key(name) => format!("switchyard:k:{name}"),
         Scope::Model(name) => format!("switchyard:m:{name}"),
+        Scope::KeyModel(key, model) => format!("switchyard:km:{key}:{model}"),
     };
     [
         format!("{tag}:req"),

@@ -217,8 +217,8 @@ fn reservation(req: &ChatRequest, body_bytes: usize) -> u64 {
     prompt.saturating_add(completion)
 }
 
-/// The limit step: the key's budget, then the key's and the resolved model's rate limits,
-/// checked together; the hold goes on the context to be settled when the request ends.
+/// The limit step: the key's budget, then the rate limits of the key, of the key on the
+/// resolved model, and of the model, checked together; the hold goes on the context to be settled when the request ends.
 async fn admit(
     limits: &Limits,
     ctx: &mut RequestCtx,
@@ -239,6 +239,14 @@ async fn admit(
         checks.push(Check {
             scope: Scope::Key(k.name.clone()),
             limits: k.limits,
+        });
+    }
+    if let Some(k) = &key
+        && let Some(limits) = k.model_limits.get(&model.name)
+    {
+        checks.push(Check {
+            scope: Scope::KeyModel(k.name.clone(), model.name.clone()),
+            limits: *limits,
         });
     }
     if !model.limits.is_empty() {

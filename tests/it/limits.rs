@@ -418,3 +418,37 @@ async fn a_spent_budget_is_refused_and_stays_spent_across_restarts() {
     })
     .await;
 }
+
+/// `model_limits` on a key: a limit of that key on one model only.
+#[tokio::test]
+async fn a_key_can_be_limited_on_one_model() {
+    bounded(60, async {
+        let mock = MockUpstream::start().await;
+        let mut setup = config(&mock, "    model_limits: { chat: { rpm: 2 } }", "", "60s");
+        setup.body = setup.body.replace(
+            "models:\n  chat:\n",
+            "models:\n  other:\n    targets: [{ provider: mock, model: o }]\n  chat:\n",
+        );
+        let gw = Gateway::start(setup).await;
+        let chat_body_for = |m: &str| chat_body(m, false);
+        for _ in 0..2 {
+            assert_eq!(
+                chat(gw.addr(), KEY_A, &chat_body_for("chat")).await.status,
+                200
+            );
+        }
+        let r = chat(gw.addr(), KEY_A, &chat_body_for("chat")).await;
+        assert_envelope(&r, 429, "requests", "rate_limit_exceeded", None);
+        assert_eq!(
+            chat(gw.addr(), KEY_A, &chat_body_for("other")).await.status,
+            200,
+            "other models are not limited"
+        );
+        assert_eq!(
+            chat(gw.addr(), KEY_B, &chat_body_for("chat")).await.status,
+            200,
+            "other keys are not limited"
+        );
+    })
+    .await;
+}

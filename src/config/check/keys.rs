@@ -38,6 +38,15 @@ impl Checker<'_> {
                 .budget
                 .as_ref()
                 .and_then(|b| self.budget(&here.key("budget"), b));
+            let model_limits = key
+                .model_limits
+                .iter()
+                .flatten()
+                .map(|(model, l)| {
+                    let at = here.key("model_limits").key(model);
+                    (model.clone(), self.model_limits(&at, l))
+                })
+                .collect();
             let key_path = here.key("key");
             match Secret::parse_key(&key.key).and_then(|s| s.resolve_digest(self.secrets)) {
                 Ok(digest) => {
@@ -63,6 +72,7 @@ impl Checker<'_> {
                     models,
                     limits,
                     budget,
+                    model_limits,
                 }),
             );
         }
@@ -170,6 +180,37 @@ impl Checker<'_> {
             rpm: self.positive(&path.key("rpm"), raw.rpm),
             tpm: self.positive(&path.key("tpm"), raw.tpm),
             concurrency: self.positive(&path.key("concurrency"), raw.concurrency),
+        }
+    }
+
+    /// A key's `model_limits` must name configured models (aliases resolve to them).
+    pub(super) fn key_model_names(
+        &mut self,
+        path: &KeyPath,
+        keys: &mut BTreeMap<String, Arc<ApiKey>>,
+        models: &BTreeMap<String, crate::config::Model>,
+        aliases: &HashMap<String, String>,
+    ) {
+        for (name, key) in keys.iter_mut() {
+            let Some(k) = Arc::get_mut(key) else { continue };
+            let mut resolved = HashMap::new();
+            for (model, limits) in std::mem::take(&mut k.model_limits) {
+                let canonical = if models.contains_key(&model) {
+                    Some(model.clone())
+                } else {
+                    aliases.get(&model).cloned()
+                };
+                match canonical {
+                    Some(m) => {
+                        resolved.insert(m, limits);
+                    }
+                    None => self.at_key(
+                        &path.key(name).key("model_limits").key(&model),
+                        format!("unknown model `{model}`"),
+                    ),
+                }
+            }
+            k.model_limits = resolved;
         }
     }
 
