@@ -185,6 +185,14 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every secret the suite hands a gateway (keys, provider keys, passwords, tokens)
+        // contains "canary": whatever a test does, none may ever reach the process's output.
+        if !std::thread::panicking() {
+            let out = self.output_text();
+            if let Some(line) = out.lines().find(|l| l.contains("canary")) {
+                panic!("a canary secret reached the gateway's output: {line}");
+            }
+        }
     }
 }
 
