@@ -23,6 +23,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = ["Hello", " from", " mock"]
 PROMPT_TOKENS = 11
+# API keys of the gateway's config: one for every test, one limited to `chat` at 1 rpm.
+SDK_KEY = "sk-sdk-test-key"
+LIMITED_KEY = "sk-sdk-limited-key"
 EMBEDDING = [0.25, -0.5, 0.125]
 
 
@@ -203,6 +206,14 @@ models:
   cut:
     targets:
       - {{ provider: mock, model: mock-cut }}
+
+keys:
+  sdk:
+    key: {SDK_KEY}
+  limited:
+    key: {LIMITED_KEY}
+    models: ["chat"]
+    limits: {{ rpm: 1 }}
 """
 
 
@@ -268,4 +279,4 @@ def gateway(mock_upstream, tmp_path_factory):
 def client(gateway):
     import openai
 
-    return openai.OpenAI(base_url=gateway["url"], api_key="sk-test-not-checked", max_retries=0, timeout=20.0)
+    return openai.OpenAI(base_url=gateway["url"], api_key=SDK_KEY, max_retries=0, timeout=20.0)

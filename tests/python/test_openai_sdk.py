@@ -1,5 +1,5 @@
 """The official openai Python SDK against the real gateway (contract §3, §4): chat, streams
-with and without the usage chunk, embeddings, models, and typed errors."""
+with and without the usage chunk, embeddings, models, typed errors, API keys and limits."""
 
 import json
 import time
@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from conftest import EMBEDDING, PROMPT_TOKENS, TOKENS
+from conftest import EMBEDDING, LIMITED_KEY, PROMPT_TOKENS, TOKENS
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
@@ -146,3 +146,29 @@ def test_gateway_logs_one_access_line_per_request(client, gateway):
     assert rows[0]["status"] == "ok"
     assert rows[0]["usage_source"] == "upstream"
     assert rows[0]["completion_tokens"] == len(TOKENS)
+
+
+def test_wrong_or_missing_key_is_authentication_error(gateway):
+    for key in ["sk-wrong", ""]:
+        c = openai.OpenAI(base_url=gateway["url"], api_key=key or "x", max_retries=0, timeout=20.0)
+        if not key:
+            c = c.with_options(default_headers={"Authorization": ""})
+        with pytest.raises(openai.AuthenticationError) as e:
+            c.chat.completions.create(model="chat", messages=MESSAGES)
+        assert e.value.status_code == 401
+        assert e.value.code == "invalid_api_key"
+
+
+def test_key_allowlist_and_rate_limit_as_sdk_errors(gateway):
+    c = openai.OpenAI(base_url=gateway["url"], api_key=LIMITED_KEY, max_retries=0, timeout=20.0)
+    with pytest.raises(openai.NotFoundError) as e:
+        c.embeddings.create(model="embed", input="hello")
+    assert e.value.code == "model_not_found"
+    raw = c.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+    assert raw.headers["x-ratelimit-limit-requests"] == "1"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="chat", messages=MESSAGES)
+    assert e.value.status_code == 429
+    assert e.value.code == "rate_limit_exceeded"
+    assert int(e.value.response.headers["retry-after"]) >= 1
