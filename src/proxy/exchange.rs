@@ -21,7 +21,7 @@ use crate::api::openai::{ChatRequest, Operation};
 use crate::api::sse::{self, SseFramer};
 use crate::api::stream::{self as chunks, ChunkKind};
 use crate::api::toplevel::TopLevel;
-use crate::config::{Model, Timeouts};
+use crate::config::{Model, Pricing, Timeouts};
 use crate::error::{GatewayError, LedgerStatus};
 use crate::limits::{Check, Denied, Limits, Scope};
 use crate::metrics::Metrics;
@@ -631,7 +631,12 @@ async fn stream(
     }
     ctx.bytes_sent = true;
     let mut tally = StreamTally::default();
-    let end = pump(session, ctx, req, &mut up, &mut tally, deadline).await;
+    let cost = if wants_cost(session) {
+        model.pricing.as_ref()
+    } else {
+        None
+    };
+    let end = pump(session, ctx, req, &mut up, &mut tally, deadline, cost).await;
     // Close or pool the upstream connection first: counting tokens may load the tokenizer,
     // and a cancelled generation must not run on meanwhile (contract §5.2).
     let result = match end {
@@ -695,6 +700,7 @@ async fn pump(
     up: &mut HttpSession,
     tally: &mut StreamTally,
     deadline: Instant,
+    cost: Option<&Pricing>,
 ) -> StreamEnd {
     let deadline = tokio::time::Instant::from_std(deadline);
     let mut framer = SseFramer::new(sse::MAX_EVENT_BYTES);
@@ -723,7 +729,7 @@ async fn pump(
         let mut out = BytesMut::new();
         let mut done = false;
         while let Some(ev) = framer.next_event() {
-            match forward_event(&ev, req, tally) {
+            match forward_event(&ev, req, tally, cost) {
                 Ok(Some(bytes)) => out.extend_from_slice(&bytes),
                 Ok(None) => {}
                 Err(err) => {
@@ -757,11 +763,13 @@ async fn write_out(session: &mut Session, ctx: &mut RequestCtx, out: BytesMut) -
 }
 
 /// One upstream event → the bytes the client gets (or none), per contract §5.3: `model`
-/// rewritten to the requested name, the usage-only chunk dropped unless the client asked.
+/// rewritten to the requested name, the usage-only chunk dropped unless the client asked,
+/// and given the `cost` block when the client asked for that too (`cost`: the pricing).
 fn forward_event(
     ev: &sse::SseEvent,
     req: &ChatRequest,
     tally: &mut StreamTally,
+    cost: Option<&Pricing>,
 ) -> Result<Option<Bytes>, GatewayError> {
     match chunks::inspect_chunk(&ev.data) {
         ChunkKind::Done => Ok(Some(Bytes::from_static(sse::DONE))),
@@ -775,8 +783,11 @@ fn forward_event(
             if info.usage_only && !req.client_wants_usage {
                 return Ok(None);
             }
-            let data =
+            let mut data =
                 chunks::rewrite_model(&ev.data, &req.model).unwrap_or_else(|| ev.data.clone());
+            if let (Some(p), Some(usage), true) = (cost, info.usage, info.usage_only) {
+                data = with_cost(data, &usage, p);
+            }
             Ok(Some(sse::encode_event(&sse::SseEvent {
                 event: ev.event.clone(),
                 data,
@@ -832,6 +843,24 @@ fn wants_cost(session: &Session) -> bool {
         .headers
         .get("x-switchyard-cost")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// The usage chunk's data with the `cost` block added (unchanged if it does not parse).
+fn with_cost(data: String, usage: &Usage, p: &Pricing) -> String {
+    let parts = accounting::cost_parts(
+        usage,
+        p.input_per_token,
+        p.output_per_token,
+        p.cached_input_per_token,
+    );
+    let Ok(mut top) = TopLevel::parse(data.as_bytes()) else {
+        return data;
+    };
+    let Some(block) = cost_block(parts) else {
+        return data;
+    };
+    top.set("cost", block);
+    String::from_utf8(top.to_vec()).unwrap_or(data)
 }
 
 /// `{"input_cost","output_cost","total_cost"}` in USD, as the multi-model API reference

@@ -184,6 +184,47 @@ async fn the_cost_block_comes_on_request() {
         assert_eq!(v["usage"]["total_tokens"], 14);
         let without = chat(&gw, "chat", false).await.json();
         assert!(without.get("cost").is_none(), "only when asked: {without}");
+        // A stream carries it in the usage chunk (so the client asks for that too).
+        let mut body = chat_body("chat", true);
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+        let mut c = crate::support::client::HttpClient::connect(gw.addr())
+            .await
+            .unwrap();
+        c.send(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+                ("x-switchyard-cost", "true"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.read_head().await.unwrap().status, 200);
+        let events = c.all_events().await.unwrap();
+        let usage_chunk = events
+            .iter()
+            .filter(|e| !e.is_done())
+            .map(|e| e.json())
+            .find(|v| v["usage"].is_object())
+            .expect("the usage chunk");
+        assert!(
+            close(&usage_chunk["cost"]["total_cost"], 0.014),
+            "{usage_chunk}"
+        );
+        let content_chunks_with_cost = events
+            .iter()
+            .filter(|e| !e.is_done())
+            .filter(|e| {
+                e.json()["choices"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            })
+            .filter(|e| e.json().get("cost").is_some())
+            .count();
+        assert_eq!(content_chunks_with_cost, 0, "only the usage chunk has it");
     })
     .await;
 }
