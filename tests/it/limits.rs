@@ -452,3 +452,46 @@ async fn a_key_can_be_limited_on_one_model() {
     })
     .await;
 }
+
+/// TPM reservations shared through Redis: two instances together never admit more
+/// reserved tokens than the limit.
+#[tokio::test]
+async fn token_reservations_hold_across_instances_through_redis() {
+    bounded(60, async {
+        let redis = RedisServer::start().await;
+        let mock = MockUpstream::start().await;
+        mock.set_default(Reply::auto().slow_headers(Duration::from_millis(300)));
+        let mut setup = config(&mock, "    limits: { tpm: 1000 }", "", "60s");
+        setup.body = setup.body.replace(
+            "rate_limits: { window: 60s }",
+            &format!("rate_limits: {{ store: \"{}\" }}", redis.url()),
+        );
+        let gws = [
+            Gateway::start(setup.clone()).await,
+            Gateway::start(setup).await,
+        ];
+        let addrs: Vec<_> = gws.iter().map(Gateway::addr).collect();
+        let mut body = chat_body("chat", false);
+        body["max_tokens"] = 100.into();
+        let reserve = 100 + body.to_string().len() as u64 / 4;
+        let all: Vec<Response> = futures::stream::iter(0..32)
+            .map(|i| {
+                let body = body.clone();
+                let addr = addrs[i % 2];
+                async move { chat(addr, KEY_A, &body).await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let ok = all.iter().filter(|r| r.status == 200).count() as u64;
+        assert!(ok >= 1);
+        assert!(
+            ok <= 1000 / reserve,
+            "{ok} admitted × {reserve} reserved would pass 1000"
+        );
+        for r in all.iter().filter(|r| r.status != 200) {
+            assert_envelope(r, 429, "tokens", "rate_limit_exceeded", None);
+        }
+    })
+    .await;
+}
