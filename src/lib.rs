@@ -16,6 +16,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

@@ -16,6 +16,7 @@ use crate::admin::stats::StatsApi;
 use crate::auth::virtual_keys::{KeySync, VirtualKeys};
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
+use crate::host::{HostLoad, HostSampler};
 use crate::ledger;
 use crate::limits::budget::BudgetService;
 use crate::limits::{Limiter, Limits};
@@ -68,6 +69,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let metrics_listen = config.server.metrics_listen;
     let config_grace = config.server.grace_period;
     let usage_store = config.usage_store.clone();
+    let host_load = Arc::new(HostLoad::default());
     let virtual_keys = Arc::new(VirtualKeys::new(&usage_store));
     virtual_keys.preload();
     let limits = Arc::new(Limits {
@@ -93,7 +95,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
             reloader.clone(),
             limits.clone(),
             ledger,
-            Arc::new(StatsApi::new(&usage_store)),
+            Arc::new(StatsApi::new(&usage_store, host_load.clone())),
             virtual_keys.clone(),
             drain,
         ),
@@ -120,6 +122,7 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
             &usage_store,
         ),
     ));
+    server.add_service(background_service("host load", HostSampler::new(host_load)));
     server.add_service(background_service(
         "virtual keys",
         KeySync::new(virtual_keys),

@@ -5,6 +5,7 @@
 //! Admin only; never on the data path. The ledger database is connected on first use.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Days, NaiveDate, TimeZone, Utc};
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use crate::error::GatewayError;
+use crate::host::HostLoad;
 use crate::ledger::Store;
 use crate::ledger::stats::{Filter, quantile};
 
@@ -23,6 +25,7 @@ const MAX_PAGE_SIZE: i64 = 500;
 pub struct StatsApi {
     url: String,
     store: OnceCell<Store>,
+    host: Arc<HostLoad>,
 }
 
 /// Which report a route asks for.
@@ -34,10 +37,11 @@ pub enum Report {
 }
 
 impl StatsApi {
-    pub fn new(url: &str) -> StatsApi {
+    pub fn new(url: &str, host: Arc<HostLoad>) -> StatsApi {
         StatsApi {
             url: url.to_owned(),
             store: OnceCell::new(),
+            host,
         }
     }
 
@@ -171,13 +175,19 @@ impl StatsApi {
                 })
             })
             .collect();
+        let since_s = (now_ms - span.as_millis() as i64) / 1000;
+        let host = self.host.average_since(since_s);
         Ok(json!({
             "time_range": range,
             "page": page,
             "page_size": page_size,
             "models": models,
-            // Host and GPU sampling arrive with the local-backend work.
-            "system": {"avg_cpu_percent": null, "avg_memory_percent": null, "avg_gpu_utilization": null},
+            // `null` until the first sample; GPU sampling arrives with the NVML work.
+            "system": {
+                "avg_cpu_percent": host.map(|h| h.0),
+                "avg_memory_percent": host.map(|h| h.1),
+                "avg_gpu_utilization": null,
+            },
         }))
     }
 }

@@ -124,6 +124,33 @@ async fn reports(usage: String) {
         page2["models"][0]["model_id"], "other",
         "sorted by model, second page"
     );
+    // Host load: sampled in the background, there within seconds of start.
+    let started = Instant::now();
+    loop {
+        let sys = admin_get(&gw, "/api/monitoring/performance?time_range=1h")
+            .await
+            .json()["system"]
+            .clone();
+        assert!(
+            sys["avg_gpu_utilization"].is_null(),
+            "no GPU sampling yet: {sys}"
+        );
+        if let (Some(cpu), Some(mem)) = (
+            sys["avg_cpu_percent"].as_f64(),
+            sys["avg_memory_percent"].as_f64(),
+        ) {
+            assert!(
+                (0.0..=100.0).contains(&cpu) && mem > 0.0 && mem <= 100.0,
+                "{sys}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no host sample: {sys}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let bad = admin_get(&gw, "/api/monitoring/performance?time_range=2h").await;
     assert_envelope(
         &bad,
