@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod housekeeping;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

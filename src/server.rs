@@ -17,6 +17,7 @@ use crate::auth::virtual_keys::{KeySync, VirtualKeys};
 use crate::config::Config;
 use crate::config::reload::{ReloadService, Reloader};
 use crate::host::{HostLoad, HostSampler};
+use crate::housekeeping::Housekeeping;
 use crate::ledger;
 use crate::limits::budget::BudgetService;
 use crate::limits::{Limiter, Limits};
@@ -107,30 +108,21 @@ pub fn run(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
-    server.add_service(background_service(
-        "health checks",
-        HealthService::new(shared.clone()),
-    ));
-    server.add_service(background_service("drain", drain_service));
-    server.add_service(background_service("ledger", ledger_service));
-    server.add_service(background_service(
-        "budgets",
-        BudgetService::new(
-            limits.budgets.clone(),
-            shared.clone(),
-            virtual_keys.clone(),
-            &usage_store,
-        ),
-    ));
-    server.add_service(background_service("host load", HostSampler::new(host_load)));
-    server.add_service(background_service(
-        "virtual keys",
-        KeySync::new(virtual_keys),
-    ));
-    server.add_service(background_service(
-        "config reload",
-        ReloadService::new(reloader),
-    ));
+    let budgets = BudgetService::new(
+        limits.budgets.clone(),
+        shared.clone(),
+        virtual_keys.clone(),
+        &usage_store,
+    );
+    let housekeeping = Housekeeping::new()
+        .with("health checks", HealthService::new(shared.clone()))
+        .with("drain", drain_service)
+        .with("ledger", ledger_service)
+        .with("budgets", budgets)
+        .with("host load", HostSampler::new(host_load))
+        .with("virtual keys", KeySync::new(virtual_keys))
+        .with("config reload", ReloadService::new(reloader));
+    server.add_service(background_service("housekeeping", housekeeping));
     if let Some(addr) = metrics_listen {
         let mut metrics = http_proxy_service(&server.configuration, Gateway::metrics_only(shared));
         metrics.add_tcp(&addr.to_string());
