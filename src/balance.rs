@@ -22,7 +22,7 @@ pub struct Load {
     pub latency_us: u64,
     /// Whether any endpoint may take an attempt (healthy and not cooling down).
     pub available: bool,
-    /// A stable identity of the target (for affinity hashing).
+    /// A stable identity of the target, for affinity hashing (0 when none is asked).
     pub id: u64,
 }
 

@@ -118,14 +118,14 @@ impl Router {
             .ticks
             .get(&model.name)
             .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
-        let loads: Vec<Load> = model
-            .targets
-            .iter()
-            .map(|t| target_load(t, upstreams, now))
-            .collect();
         let affinity = (model.balance == Balance::HashKey)
             .then(|| client_key(headers))
             .flatten();
+        let loads: Vec<Load> = model
+            .targets
+            .iter()
+            .map(|t| target_load(t, upstreams, now, affinity.is_some()))
+            .collect();
         out.extend(
             balance::order(model.balance, &loads, tick, affinity)
                 .into_iter()
@@ -137,7 +137,8 @@ impl Router {
     }
 }
 
-fn target_load(t: &Target, upstreams: &Upstreams, now: Instant) -> Load {
+/// A target's live load; its identity is hashed only when the request asks for affinity.
+fn target_load(t: &Target, upstreams: &Upstreams, now: Instant, affinity: bool) -> Load {
     let (in_flight, latency_us, available) = upstreams
         .provider(&t.provider)
         .map_or((0, 0, false), |p| p.load(now));
@@ -146,7 +147,11 @@ fn target_load(t: &Target, upstreams: &Upstreams, now: Instant) -> Load {
         in_flight,
         latency_us,
         available,
-        id: balance::stable_hash(&[t.provider.as_bytes(), t.model.as_bytes()]),
+        id: if affinity {
+            balance::stable_hash(&[t.provider.as_bytes(), t.model.as_bytes()])
+        } else {
+            0
+        },
     }
 }
 

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::virtual_keys::{VirtualKeys, budget_period};
-use crate::config::{ApiKey, BudgetPeriod, Config, valid_model_name};
+use crate::auth::virtual_keys::VirtualKeys;
+use crate::config::{ApiKey, BudgetPeriod, Config, model_glob_set, valid_model_name};
 use crate::error::GatewayError;
 use crate::ledger::keys::KeyRecord;
 
@@ -130,7 +130,7 @@ pub async fn revoke(
 /// Validates the body's fields onto `record`.
 fn apply(record: &mut KeyRecord, b: KeyBody) -> Result<(), GatewayError> {
     if let Some(models) = b.models {
-        if models.iter().any(|m| globset::Glob::new(m).is_err()) {
+        if model_glob_set(&models).is_err() {
             return Err(GatewayError::InvalidValue("models"));
         }
         record.models = models;
@@ -155,7 +155,7 @@ fn apply(record: &mut KeyRecord, b: KeyBody) -> Result<(), GatewayError> {
         }
         Some(Some(budget)) => {
             if !(budget.usd.is_finite() && budget.usd > 0.0)
-                || budget_period(&budget.period).is_none()
+                || BudgetPeriod::from_name(&budget.period).is_none()
             {
                 return Err(GatewayError::InvalidValue("budget"));
             }
@@ -178,17 +178,12 @@ fn record_json(r: &KeyRecord) -> Value {
 }
 
 fn file_key(k: &ApiKey) -> Value {
-    let period = |p: BudgetPeriod| match p {
-        BudgetPeriod::Day => "day",
-        BudgetPeriod::Week => "week",
-        BudgetPeriod::Month => "month",
-    };
     json!({
         "name": k.name,
         "source": "config",
         "models": if k.models.is_some() { Value::String("(from the config file)".into()) } else { json!([]) },
         "limits": {"rpm": k.limits.rpm, "tpm": k.limits.tpm, "concurrency": k.limits.concurrency},
-        "budget": k.budget.map(|b| json!({"usd": b.usd, "period": period(b.period)})),
+        "budget": k.budget.map(|b| json!({"usd": b.usd, "period": b.period.name()})),
         "created_at": null,
     })
 }

@@ -13,9 +13,8 @@ pub mod virtual_keys;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
 
-use crate::config::{ApiKey, Config, Role};
+use crate::config::{ApiKey, Config, Role, sha256_hex};
 use crate::error::GatewayError;
 use virtual_keys::VirtualKeys;
 
@@ -54,10 +53,6 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn digest_hex(token: &[u8]) -> String {
-    hex::encode(Sha256::digest(token))
-}
-
 /// Who a data-plane request runs as: `Ok(None)` while no keys exist (auth off); else a key
 /// of the file, a virtual key, or a user's JWT; else `InvalidApiKey` (the same error, byte
 /// for byte, for a missing, unknown, revoked, malformed or expired credential).
@@ -70,7 +65,7 @@ pub fn authenticate(
         return Ok(None);
     }
     let token = presented(headers).ok_or(GatewayError::InvalidApiKey)?;
-    let digest = digest_hex(token);
+    let digest = sha256_hex(token);
     if let Some(key) = config
         .key_digests
         .get(&digest)
@@ -93,7 +88,7 @@ pub fn admin_allowed(config: &Config, virtual_keys: &VirtualKeys, headers: &Head
         return auth_off(config, virtual_keys);
     };
     if let Some(want) = &config.server.admin_token
-        && digests_equal(&digest_hex(token), want.expose())
+        && digests_equal(&sha256_hex(token), want.expose())
     {
         return true;
     }

@@ -12,12 +12,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use async_trait::async_trait;
-use globset::{Glob, GlobSetBuilder};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::OnceCell;
 
-use crate::config::{ApiKey, Budget, BudgetPeriod, RateLimits, sha256_hex};
+use crate::config::{ApiKey, Budget, BudgetPeriod, RateLimits, model_glob_set, sha256_hex};
 use crate::error::GatewayError;
 use crate::ledger::Store;
 use crate::ledger::keys::KeyRecord;
@@ -52,6 +51,11 @@ impl VirtualKeys {
 
     pub fn is_empty(&self) -> bool {
         self.by_digest.load().is_empty()
+    }
+
+    /// The live keys, by digest.
+    pub fn keys(&self) -> Arc<HashMap<String, Arc<ApiKey>>> {
+        self.by_digest.load_full()
     }
 
     pub fn records(&self) -> Arc<Vec<KeyRecord>> {
@@ -170,17 +174,13 @@ fn api_key(r: &KeyRecord) -> Option<ApiKey> {
     let models = if r.models.is_empty() {
         None
     } else {
-        let mut set = GlobSetBuilder::new();
-        for m in &r.models {
-            set.add(Glob::new(m).ok()?);
-        }
-        Some(set.build().ok()?)
+        Some(model_glob_set(&r.models).ok()?)
     };
     let positive = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0);
     let budget = match (r.budget_usd, r.budget_period.as_deref()) {
         (Some(usd), Some(period)) => Some(Budget {
             usd,
-            period: budget_period(period)?,
+            period: BudgetPeriod::from_name(period)?,
         }),
         _ => None,
     };
@@ -195,15 +195,6 @@ fn api_key(r: &KeyRecord) -> Option<ApiKey> {
         budget,
         model_limits: std::collections::HashMap::new(),
     })
-}
-
-pub fn budget_period(text: &str) -> Option<BudgetPeriod> {
-    match text {
-        "day" => Some(BudgetPeriod::Day),
-        "week" => Some(BudgetPeriod::Week),
-        "month" => Some(BudgetPeriod::Month),
-        _ => None,
-    }
 }
 
 /// Picks up keys changed through other instances.

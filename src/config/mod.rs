@@ -19,8 +19,8 @@ pub use check::{ConfigError, ConfigErrors};
 pub use model::{
     ApiKey, Balance, Budget, BudgetPeriod, Config, Endpoint, HealthCheck, JwtSettings, Limits,
     Model, OpenAiProvider, Pricing, Provider, ProviderKind, RateLimitSettings, RateLimits, RetryOn,
-    Role, Route, Server, Target, Timeouts, User, ValueError, parse_duration, parse_size,
-    valid_model_name,
+    Role, Route, Server, Target, Timeouts, User, ValueError, model_glob_set, parse_duration,
+    parse_size, valid_model_name,
 };
 pub use secret::{Secret, SecretError, SecretSource, SecretString, sha256_hex};
 

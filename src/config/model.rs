@@ -62,6 +62,47 @@ pub enum BudgetPeriod {
     Month,
 }
 
+impl BudgetPeriod {
+    /// The period a config file or the key API names: `day`, `week` or `month`.
+    pub fn from_name(name: &str) -> Option<BudgetPeriod> {
+        match name {
+            "day" => Some(BudgetPeriod::Day),
+            "week" => Some(BudgetPeriod::Week),
+            "month" => Some(BudgetPeriod::Month),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Week => "week",
+            BudgetPeriod::Month => "month",
+        }
+    }
+}
+
+/// The glob set of a key's `models`, or the index and error of every pattern that is not a
+/// glob. Shared by the config check and the key API.
+pub fn model_glob_set(
+    patterns: &[String],
+) -> Result<globset::GlobSet, Vec<(usize, globset::Error)>> {
+    let mut set = globset::GlobSetBuilder::new();
+    let mut errors = Vec::new();
+    for (i, pattern) in patterns.iter().enumerate() {
+        match globset::Glob::new(pattern) {
+            Ok(glob) => {
+                set.add(glob);
+            }
+            Err(err) => errors.push((i, err)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    set.build().map_err(|err| vec![(0, err)])
+}
+
 impl ApiKey {
     pub fn may_use(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))

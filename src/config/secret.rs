@@ -245,8 +245,8 @@ fn read_file(path: &Path, source: &SecretSource) -> Result<SecretString, SecretE
 }
 
 /// Lowercase hex SHA-256 of `input`. `switchyard hash-key` prints it as `sha256:<hex>`.
-pub fn sha256_hex(input: &str) -> String {
-    hex::encode(Sha256::digest(input.as_bytes()))
+pub fn sha256_hex(input: impl AsRef<[u8]>) -> String {
+    hex::encode(Sha256::digest(input.as_ref()))
 }
 
 #[cfg(test)]

@@ -213,23 +213,14 @@ impl BudgetService {
     /// Every key with a budget: the file's and the virtual ones.
     fn budgeted(&self) -> Vec<(String, Budget)> {
         let state = self.state.load();
-        let from_file = state
+        let virtual_keys = self.virtual_keys.keys();
+        state
             .config
             .keys
             .values()
-            .filter_map(|k| Some((k.name.clone(), k.budget?)));
-        let virtual_keys = self.virtual_keys.records();
-        let from_api = virtual_keys.iter().filter_map(|r| {
-            let period = crate::auth::virtual_keys::budget_period(r.budget_period.as_deref()?)?;
-            Some((
-                r.name.clone(),
-                Budget {
-                    usd: r.budget_usd?,
-                    period,
-                },
-            ))
-        });
-        from_file.chain(from_api).collect()
+            .chain(virtual_keys.values())
+            .filter_map(|k| Some((k.name.clone(), k.budget?)))
+            .collect()
     }
 
     /// Re-reads every budgeted key's spend; `false` if the ledger could not be read.

@@ -288,6 +288,21 @@ async fn admit(
     }
 }
 
+/// `read_body` for the management routes' small JSON bodies, where a client that went away
+/// needs no answer of its own: its error is a plain `BadRequest`.
+pub(super) async fn read_small_body(
+    session: &mut Session,
+    max: usize,
+    within: Duration,
+) -> Result<Bytes, GatewayError> {
+    read_body(session, max, within)
+        .await
+        .map_err(|stop| match stop {
+            Stop::Error(e) => e,
+            Stop::ClientGone => GatewayError::BadRequest,
+        })
+}
+
 /// Reads the request body under `max_body` and `body_timeout` (contract §2). A declared
 /// `Content-Length` over the limit is refused before a byte of the body is read.
 async fn read_body(session: &mut Session, max: usize, within: Duration) -> Result<Bytes, Stop> {

@@ -206,10 +206,13 @@ impl Gateway {
         let limits = &state.config.server.limits;
         let body = match handler {
             Handler::RevokeKey(_) => Bytes::new(),
-            _ => match read_small_body(session, MAX_LOGIN_BODY, limits.body_timeout).await {
-                Ok(b) => b,
-                Err(e) => return respond::send_error(session, ctx, e).await,
-            },
+            _ => {
+                match exchange::read_small_body(session, MAX_LOGIN_BODY, limits.body_timeout).await
+                {
+                    Ok(b) => b,
+                    Err(e) => return respond::send_error(session, ctx, e).await,
+                }
+            }
         };
         let (status, answer) = match handler {
             Handler::CreateKey => (
@@ -290,7 +293,7 @@ async fn issue_token(session: &mut Session, ctx: &mut RequestCtx, state: &LiveSt
         return respond::send_error(session, ctx, GatewayError::InvalidApiKey).await;
     };
     let limits = &state.config.server.limits;
-    let body = match read_small_body(session, MAX_LOGIN_BODY, limits.body_timeout).await {
+    let body = match exchange::read_small_body(session, MAX_LOGIN_BODY, limits.body_timeout).await {
         Ok(b) => b,
         Err(e) => return respond::send_error(session, ctx, e).await,
     };
@@ -313,25 +316,6 @@ async fn issue_token(session: &mut Session, ctx: &mut RequestCtx, state: &LiveSt
         "expires_in": issued.expires_in.as_secs(),
     });
     send_json(session, ctx, serde_json::to_vec(&body).unwrap_or_default()).await
-}
-
-/// A small request body, whole, within `max` bytes and `within`.
-async fn read_small_body(
-    session: &mut Session,
-    max: usize,
-    within: std::time::Duration,
-) -> std::result::Result<Bytes, GatewayError> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-            Err(_) => return Err(GatewayError::RequestTimeout),
-            Ok(Err(_)) => return Err(GatewayError::BadRequest),
-            Ok(Ok(None)) => return Ok(buf.freeze()),
-            Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= max => buf.extend_from_slice(&chunk),
-            Ok(Ok(Some(_))) => return Err(GatewayError::RequestTooLarge),
-        }
-    }
 }
 
 /// The access step: the route's access against the request's credential. Sets the key the

@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use globset::{Glob, GlobSetBuilder};
-
 use super::Checker;
 use std::time::Duration;
 
@@ -18,7 +16,7 @@ use crate::config::raw::{
 };
 use crate::config::secret::Secret;
 use crate::config::spans::KeyPath;
-use crate::config::valid_model_name;
+use crate::config::{model_glob_set, valid_model_name};
 
 impl Checker<'_> {
     /// The keys by name, and the digest → name index a request is authenticated with.
@@ -134,14 +132,9 @@ impl Checker<'_> {
     }
 
     fn budget(&mut self, path: &KeyPath, raw: &RawBudget) -> Option<Budget> {
-        let period = match raw.period.as_str() {
-            "day" => BudgetPeriod::Day,
-            "week" => BudgetPeriod::Week,
-            "month" => BudgetPeriod::Month,
-            _ => {
-                self.at_value(&path.key("period"), "`period` must be day, week or month");
-                return None;
-            }
+        let Some(period) = BudgetPeriod::from_name(&raw.period) else {
+            self.at_value(&path.key("period"), "`period` must be day, week or month");
+            return None;
         };
         if !(raw.usd.is_finite() && raw.usd > 0.0) {
             self.at_value(&path.key("usd"), "`usd` must be a positive amount");
@@ -153,26 +146,17 @@ impl Checker<'_> {
         })
     }
 
-    pub(super) fn model_globs(
-        &mut self,
-        path: &KeyPath,
-        globs: &[String],
-    ) -> Option<globset::GlobSet> {
-        let mut set = GlobSetBuilder::new();
-        for (i, pattern) in globs.iter().enumerate() {
-            match Glob::new(pattern) {
-                Ok(glob) => {
-                    set.add(glob);
+    fn model_globs(&mut self, path: &KeyPath, globs: &[String]) -> Option<globset::GlobSet> {
+        match model_glob_set(globs) {
+            Ok(set) => Some(set),
+            Err(errors) => {
+                for (i, err) in errors {
+                    let message = format!("invalid model glob: {}", err.kind());
+                    self.at_value(&path.index(i), message);
                 }
-                Err(err) => {
-                    self.at_value(
-                        &path.index(i),
-                        format!("invalid model glob: {}", err.kind()),
-                    );
-                }
+                None
             }
         }
-        set.build().ok()
     }
 
     fn key_limits(&mut self, path: &KeyPath, raw: &RawKeyLimits) -> RateLimits {
